@@ -1,0 +1,53 @@
+"""Orbax checkpoints of the train state: the latest few and the best one.
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a run killed mid-write resumes from the last complete checkpoint.
+"""
+
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from jaxcls.steps import TrainState
+
+
+class Checkpointer:
+  """Saves after every epoch with that epoch's validation metrics; restores latest or best."""
+
+  def __init__(self, directory: str, ckpt_config: ml_collections.ConfigDict):
+    metric, mode = ckpt_config.best_metric, ckpt_config.best_mode
+    best_fn = lambda metrics: metrics[metric]  # noqa: E731
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=ckpt_config.keep),
+        checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1),
+    ])
+    self.best_metric = metric
+    self._manager = ocp.CheckpointManager(
+        directory, item_names=('state', 'meta'),
+        options=ocp.CheckpointManagerOptions(
+            best_fn=best_fn, best_mode=mode, preservation_policy=policy, create=True))
+
+  def save(self, state: TrainState, meta: dict, metrics: dict[str, float]) -> None:
+    """Saves asynchronously; `meta` is JSON (epoch, data position) kept beside the state."""
+    step = int(state.step)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics={k: float(v) for k, v in metrics.items()})
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
+    """Restores `step` into arrays shaped and sharded like `like`."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

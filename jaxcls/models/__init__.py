@@ -1,0 +1,11 @@
+"""Model zoo: `create_model(name, num_classes, ...)` over a registry of nnx modules.
+
+Every model exposes `features(x) -> [batch, channels]` (the backbone, pooled) and
+a classifier head `fc`, so strategies that freeze or replace the head work the
+same on every architecture.
+"""
+
+from jaxcls.models import resnet as _resnet  # registers the ResNets
+from jaxcls.models.registry import create_model, list_models, register
+
+__all__ = ['create_model', 'list_models', 'register']

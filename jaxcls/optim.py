@@ -1,0 +1,52 @@
+"""Optimizer and learning-rate schedule from the config."""
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(opt_config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           num_epochs: int) -> optax.Schedule:
+  """Linear warm-up from zero, then 'cosine' (to zero), 'step' or 'constant'."""
+  peak = opt_config.learning_rate
+  total_steps = num_epochs * steps_per_epoch
+  warmup_steps = int(round(opt_config.warmup_epochs * steps_per_epoch))
+  if opt_config.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+  if opt_config.schedule == 'step':
+    after_warmup = optax.piecewise_constant_schedule(
+        peak, {int(e * steps_per_epoch) - warmup_steps: opt_config.decay_factor
+               for e in opt_config.decay_epochs})
+  elif opt_config.schedule == 'constant':
+    after_warmup = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f'config.optimizer.schedule={opt_config.schedule!r}: '
+                     "expected 'cosine', 'step' or 'constant'")
+  if warmup_steps == 0:
+    return after_warmup
+  warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+  return optax.join_schedules([warmup, after_warmup], [warmup_steps])
+
+
+def decay_mask(params):
+  """True for weights that get weight decay: kernels, not biases or norm scales.
+
+  Decaying BatchNorm scales and biases only fights the normalisation (Goyal et
+  al. 2017); rank >= 2 picks exactly the convolution and dense kernels.
+  """
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(opt_config: ml_collections.ConfigDict,
+                     learning_rate: optax.Schedule) -> optax.GradientTransformation:
+  if opt_config.name == 'sgd':
+    return optax.chain(
+        optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask),
+        optax.sgd(learning_rate, momentum=opt_config.momentum or None,
+                  nesterov=opt_config.nesterov))
+  if opt_config.name == 'adamw':
+    return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2,
+                       weight_decay=opt_config.weight_decay, mask=decay_mask)
+  raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'sgd' or 'adamw'")

@@ -1,0 +1,204 @@
+"""The training loop: data, model, jitted steps, evaluation, checkpoints, results.
+
+The loop owns every side effect (logging, checkpoints, progress); the steps it
+calls are pure (`jaxcls.steps`). A rerun with the same workdir resumes from
+the latest checkpoint: the train state holds the model, optimizer, step and
+RNG, and the data position is derived from the step, so the resumed run sees
+the same batches an uninterrupted one would.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import parameter_overview
+
+from jaxcls import data, parallel
+from jaxcls.checkpointing import Checkpointer
+from jaxcls.config import ConfigError, validate
+from jaxcls.metrics import eval_metrics_class
+from jaxcls.models import create_model
+from jaxcls.optim import create_optimizer, learning_rate_schedule
+from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.writers import ProgressReporter, create_writer
+
+
+def evaluate(eval_fn, state, source, config: ml_collections.ConfigDict,
+             sharding: jax.sharding.Sharding) -> dict[str, float]:
+  """Metrics of `state` on a whole split, the padding of the last batch masked out."""
+  batches = data.eval_batches(
+      source, config.data, global_batch_size=config.train.eval_batch_size or config.train.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  total = None
+  for batch in parallel.prefetch_to_device(batches, sharding, config.data.prefetch):
+    batch_metrics = eval_fn(state, batch)
+    total = batch_metrics if total is None else total.merge(batch_metrics)
+  return {k: float(v) for k, v in total.compute().items()}
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+  return {f'{prefix}_{k}': float(v) for k, v in metrics.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json."""
+  started = time.monotonic()
+  validate(config, device_count=jax.device_count())
+  workdir_path = Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  writer = create_writer(str(workdir_path), is_main_process=is_main)
+  logging.info('devices: %d x %s (process %d of %d); local: %s', jax.device_count(),
+               jax.devices()[0].device_kind, jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  logging.info('config:\n%s', config)
+  if is_main:
+    (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+  dataset = data.load_dataset(config.data, str(workdir_path))
+  num_classes = len(dataset.class_names)
+  logging.info('data %s: %d classes; train %d, val %d, test %d', config.data.source, num_classes,
+               len(dataset.train), len(dataset.val), len(dataset.test))
+
+  model_kwargs = dict(dtype=config.model.dtype)
+  if config.model.width:
+    model_kwargs['width'] = config.model.width
+  model = create_model(config.model.name, num_classes, seed=config.seed, **model_kwargs)
+
+  batch_size = config.train.batch_size
+  steps_per_epoch = data.steps_per_epoch(len(dataset.train), batch_size)
+  num_steps = steps_per_epoch * config.train.num_epochs
+  learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch,
+                                            config.train.num_epochs)
+  tx = create_optimizer(config.optimizer, learning_rate_fn)
+  train_graph, eval_graph, state = create_train_state(model, tx, config.seed)
+  del model
+  flat_params = _flat_names(state.params)
+  num_params = parameter_overview.count_parameters(flat_params)
+  logging.info('parameters of %s:\n%s', config.model.name,
+               parameter_overview.get_parameter_overview(flat_params, include_stats=False))
+
+  mesh = parallel.data_mesh()
+  state = jax.device_put(state, parallel.replicated(mesh))
+  batch_sharding = parallel.batch_sharded(mesh)
+
+  checkpointer = Checkpointer(str(workdir_path / 'checkpoints'), config.checkpoint)
+  history = []
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state, meta = checkpointer.restore(latest, state)
+    if meta['steps_per_epoch'] != steps_per_epoch:
+      raise ConfigError(
+          f'{workdir}: its checkpoints were made with {meta["steps_per_epoch"]} steps per epoch, '
+          f'this config gives {steps_per_epoch} (train.batch_size={batch_size}); '
+          'use a new --workdir for a different batch size or data set')
+    history = meta['history']
+    logging.info('resumed from the checkpoint at step %d (epoch %d)', latest, latest // steps_per_epoch)
+
+  metrics_cls = eval_metrics_class(num_classes)
+  train_fn, eval_fn = jit_steps(
+      train_graph, eval_graph, tx, learning_rate_fn, metrics_cls, mean=config.data.mean,
+      std=config.data.std, dtype=config.model.dtype, label_smoothing=config.train.label_smoothing)
+
+  step = int(state.step)
+  progress = ProgressReporter(num_steps, writer, initial_step=step)
+  train_seconds, first_step_seconds, images_seen = 0.0, None, 0
+  start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+  for epoch in range(start_epoch, config.train.num_epochs):
+    epoch_started = time.monotonic()
+    batches = data.train_batches(
+        dataset.train, config.data, global_batch_size=batch_size, seed=config.seed, epoch=epoch,
+        start_step=start_in_epoch if epoch == start_epoch else 0,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    epoch_metrics = interval_metrics = None
+    for batch in parallel.prefetch_to_device(batches, batch_sharding, config.data.prefetch):
+      step_started = time.monotonic()
+      state, step_metrics = train_fn(state, batch)
+      if first_step_seconds is None:  # Includes compilation: keep it out of the images/s.
+        jax.block_until_ready(state)
+        first_step_seconds = time.monotonic() - step_started
+      else:
+        images_seen += batch_size
+      step += 1
+      interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
+          step_metrics)
+      epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
+      progress(step)
+      if step % config.train.log_every_steps == 0:
+        writer.write_scalars(step, _prefixed('train', interval_metrics.compute()))
+        interval_metrics = None
+    jax.block_until_ready(state)
+    train_seconds += time.monotonic() - epoch_started
+
+    with progress.timed('eval'):
+      val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)
+    train_summary = {k: float(v) for k, v in epoch_metrics.compute().items()}
+    writer.write_scalars(step, {**_prefixed('val', val_metrics), 'epoch': epoch + 1})
+    writer.flush()
+    history.append(dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
+                        seconds=time.monotonic() - epoch_started))
+    logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
+                 epoch + 1, config.train.num_epochs, train_summary['loss'],
+                 train_summary['accuracy'], val_metrics['loss'], val_metrics['accuracy'])
+    with progress.timed('checkpoint'):
+      checkpointer.save(state, meta=dict(epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
+                                         history=history), metrics=val_metrics)
+  progress.close()
+  checkpointer.wait()
+
+  best_step = checkpointer.best_step()
+  best_state, _ = checkpointer.restore(best_step, state)
+  test_metrics = evaluate(eval_fn, best_state, dataset.test, config, batch_sharding)
+  best_epoch = next(h for h in history if h['step'] == best_step)
+  logging.info('test (best checkpoint, epoch %d by val %s): %s', best_epoch['epoch'],
+               config.checkpoint.best_metric, test_metrics)
+  writer.write_scalars(step, _prefixed('test', test_metrics))
+  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+                        if isinstance(v, (bool, int, float, str))})
+  writer.close()
+  checkpointer.close()
+
+  timed_steps = max(step - steps_per_epoch * start_epoch - start_in_epoch - 1, 0)
+  results = dict(
+      test=test_metrics, best_val=best_epoch['val'], best_epoch=best_epoch['epoch'],
+      best_step=best_step, history=history, class_names=list(dataset.class_names),
+      num_params=int(num_params), num_examples=dict(train=len(dataset.train),
+                                                    val=len(dataset.val), test=len(dataset.test)),
+      devices=dict(count=jax.device_count(), kind=jax.devices()[0].device_kind,
+                   processes=jax.process_count()),
+      timings=dict(total_seconds=time.monotonic() - started, train_seconds=train_seconds,
+                   first_step_seconds=first_step_seconds, train_images_per_second=(
+                       images_seen / max(train_seconds - (first_step_seconds or 0), 1e-9)
+                       if timed_steps else None)),
+      config=config.to_dict())
+  if is_main:
+    (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
+  return results
+
+
+def _flat_names(tree) -> dict[str, jax.Array]:
+  """{'layer1/0/conv1/kernel': array, ...}: the flat mapping clu's overview prints."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): leaf
+          for path, leaf in leaves}
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _jsonable(value):
+  if isinstance(value, (np.generic, jnp.ndarray)):
+    return np.asarray(value).tolist()
+  return str(value)
