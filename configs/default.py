@@ -3,11 +3,11 @@
 This file is the schema of every jaxcls config: each field used anywhere is
 defined and documented here once, and `jaxcls.config.validate` rejects a config
 with a key this file does not define or a value of another type. Variant
-configs start from `get_config()` and change a few fields, e.g.
+configs start from it and change a few fields, e.g.
 
-    from configs import default
+    from jaxcls.config import default_config  # this file's get_config()
     def get_config():
-      config = default.get_config()
+      config = default_config()
       config.model.name = 'resnet18'
       return config
 

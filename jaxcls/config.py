@@ -7,7 +7,6 @@ at once, each naming the field and the value.
 """
 
 import importlib.util
-import math
 from pathlib import Path
 
 import ml_collections
@@ -78,6 +77,8 @@ def _type_ok(value, expected) -> bool:
 
 
 def _value_errors(c, device_count: int) -> list[str]:
+  # Imported here: the schema check above must not depend on the registries.
+  from jaxcls.data.splits import parse_split  # pylint: disable=g-import-not-at-top
   from jaxcls.models import list_models  # pylint: disable=g-import-not-at-top
 
   errors = []
@@ -93,15 +94,11 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(source == 'digits' or (source.startswith(('tfds:', 'folder:')) and
                                len(source.split(':', 1)[1]) > 0),
         'data.source', "expected 'digits', 'tfds:NAME' or 'folder:PATH'")
-  split = tuple(c.data.split)
-  if len(split) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in split):
-    check(False, 'data.split', 'expected three non-negative (train, val, test) entries')
-  elif all(float(x).is_integer() and x >= 1 or x == 0 for x in split) and sum(split) > 1:
-    check(split[0] >= 1, 'data.split', 'counts need at least one training example')
-  else:
-    check(math.isclose(sum(split), 1.0, abs_tol=1e-6), 'data.split',
-          f'fractions must sum to 1 (they sum to {sum(split):g}); or give integer counts')
-    check(split[0] > 0, 'data.split', 'the train fraction must be positive')
+  try:
+    kind, split = parse_split(tuple(c.data.split))
+    check(split[0] > 0, 'data.split', f'the train {kind[:-1]} must be positive')
+  except ValueError as e:
+    check(False, 'data.split', str(e))
   check(c.data.image_size >= 1, 'data.image_size', 'must be positive')
   check(c.data.resize_size == 0 or c.data.resize_size >= c.data.image_size, 'data.resize_size',
         'must be 0 or at least data.image_size (resize, then center-crop)')

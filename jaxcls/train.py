@@ -62,6 +62,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   dataset = data.load_dataset(config.data, str(workdir_path))
   num_classes = len(dataset.class_names)
+  for split in ('train', 'val', 'test'):
+    if len(getattr(dataset, split)) == 0:
+      raise ConfigError(f'config.data.split={tuple(config.data.split)}: the {split} split of '
+                        f'{config.data.source} is empty; val picks the best checkpoint and '
+                        'test reports it, so every split needs examples')
   logging.info('data %s: %d classes; train %d, val %d, test %d', config.data.source, num_classes,
                len(dataset.train), len(dataset.val), len(dataset.test))
 

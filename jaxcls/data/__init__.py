@@ -1,0 +1,10 @@
+"""Input data: example sources, train/val/test splits and Grain pipelines."""
+
+from jaxcls.data.pipeline import eval_batches
+from jaxcls.data.pipeline import steps_per_epoch
+from jaxcls.data.pipeline import train_batches
+from jaxcls.data.sources import Dataset
+from jaxcls.data.sources import load_dataset
+
+__all__ = ['Dataset', 'load_dataset', 'steps_per_epoch', 'train_batches',
+           'eval_batches']

@@ -1,0 +1,121 @@
+"""Grain input pipelines: one epoch of train batches, or padded eval batches.
+
+Everything is a `grain.MapDataset` up to the last step, so an epoch is a pure
+function of (source, config, seed, epoch): resuming mid-epoch is a slice of
+the batched data set, and each process computes the same global permutation
+and takes its own interleaved share of it.
+"""
+
+from collections.abc import Iterator
+
+from absl import flags
+import grain
+import numpy as np
+
+from jaxcls.data import transforms
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Full global batches in one epoch; the remainder is dropped."""
+  steps = num_examples // global_batch_size
+  if steps == 0:
+    raise ValueError(
+        f'The split has {num_examples} examples, fewer than one batch of '
+        f'{global_batch_size}; lower train.batch_size or enlarge the split.')
+  return steps
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(f'Global batch size {global_batch_size} is not divisible '
+                     f'by the process count {process_count}.')
+  return global_batch_size // process_count
+
+
+def _epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
+  """Independent (shuffle, augmentation) seeds for one epoch."""
+  shuffle_seed, augment_seed = np.random.SeedSequence(
+      [seed, epoch]).generate_state(2)
+  return int(shuffle_seed), int(augment_seed)
+
+
+def _to_iterator(ds: grain.MapDataset, data_config) -> Iterator[dict]:
+  # Each thread prepares a whole batch, so the buffer holds at least one batch
+  # per thread; otherwise threads beyond `prefetch` would sit idle.
+  read_options = grain.ReadOptions(
+      num_threads=data_config.num_threads,
+      prefetch_buffer_size=max(data_config.prefetch, data_config.num_threads))
+  it = ds.to_iter_dataset(read_options)
+  if data_config.num_workers > 0:
+    # Grain reads absl flags when it starts workers; outside `absl.app.run`
+    # (tests, notebooks) they are unparsed, and their defaults are what we want.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return iter(it)
+
+
+def train_batches(source, data_config, *, global_batch_size: int, seed: int,
+                  epoch: int, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict]:
+  """Yields this process's batches k = start_step, ... of one train epoch.
+
+  Batch k of every process together holds positions [k * B, (k + 1) * B) of
+  the epoch's global permutation (B = global_batch_size), whatever the number
+  of processes, so a run can resume on a different number of hosts.
+  """
+  steps = steps_per_epoch(len(source), global_batch_size)
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  shuffle_seed, augment_seed = _epoch_seeds(seed, epoch)
+  ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed)
+  ds = ds[:steps * global_batch_size]
+  ds = ds.map(transforms.Resize(data_config.image_size,
+                                data_config.resize_size))
+  # Before the per-process slice, so an example's augmentation depends on its
+  # position in the global permutation, not on the process count.
+  ds = ds.random_map(
+      transforms.Augment(data_config.augment.random_crop_padding,
+                         data_config.augment.horizontal_flip),
+      seed=augment_seed)
+  ds = ds[process_index::process_count]
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  return _to_iterator(ds[start_step:], data_config)
+
+
+class _Padded:
+  """`source` extended to `length` with copies of example 0, plus a mask."""
+
+  def __init__(self, source, length: int):
+    self._source = source
+    self._length = length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict:
+    real = index < len(self._source)
+    example = self._source[index if real else 0]
+    return {'image': example['image'], 'label': example['label'],
+            'mask': np.bool_(real)}
+
+
+def eval_batches(source, data_config, *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1
+                 ) -> Iterator[dict]:
+  """Yields batches of `source` in order, padded to full batches.
+
+  Every process yields the same number of full batches (collectives need
+  equal shapes); padding examples have mask False, and over all processes
+  each real example appears exactly once with mask True.
+  """
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  if len(source) == 0:  # E.g. data.split gave val no examples.
+    return iter(())
+  num_batches = -(-len(source) // global_batch_size)
+  ds = grain.MapDataset.source(_Padded(source, num_batches * global_batch_size))
+  ds = ds.map(transforms.Resize(data_config.image_size,
+                                data_config.resize_size))
+  ds = ds[process_index::process_count]
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  return _to_iterator(ds, data_config)

@@ -1,0 +1,78 @@
+"""Per-example image transforms: uint8 HWC numpy in, uint8 HWC numpy out.
+
+They run on the host in Grain's threads or worker processes; normalisation is
+left to the device so batches cross the host-to-device link as uint8. Each is
+a small picklable class so that Grain's worker processes can receive it.
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+from PIL import Image
+
+
+def resize(image: np.ndarray, image_size: int, resize_size: int = 0):
+  """Resizes to `image_size` squared, via a center crop if `resize_size`.
+
+  With `resize_size` > 0 the shorter side goes to `resize_size` first and the
+  center `image_size` square is kept, which preserves the aspect ratio (the
+  ImageNet evaluation convention); otherwise the image is stretched.
+  """
+  height, width = image.shape[:2]
+  if resize_size > 0:
+    if min(height, width) != resize_size:
+      scale = resize_size / min(height, width)
+      size = (max(resize_size, round(width * scale)),
+              max(resize_size, round(height * scale)))
+      image = np.asarray(
+          Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+      height, width = image.shape[:2]
+    if height < image_size or width < image_size:
+      raise ValueError(f'data.resize_size={resize_size} is smaller than '
+                       f'data.image_size={image_size}.')
+    top, left = (height - image_size) // 2, (width - image_size) // 2
+    return image[top:top + image_size, left:left + image_size]
+  if (height, width) == (image_size, image_size):
+    return image
+  return np.asarray(Image.fromarray(image).resize(
+      (image_size, image_size), Image.Resampling.BILINEAR))
+
+
+def random_crop(image: np.ndarray, padding: int, rng: np.random.Generator):
+  """Zero-pads each side by `padding`, then crops back at a random offset."""
+  if padding <= 0:
+    return image
+  height, width = image.shape[:2]
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  top, left = rng.integers(0, 2 * padding + 1, size=2)
+  return padded[top:top + height, left:left + width]
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator):
+  """Mirrors left-right with probability 0.5."""
+  return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize(grain.transforms.Map):
+  """`resize` on the 'image' of an example dict."""
+  image_size: int
+  resize_size: int = 0
+
+  def map(self, element):
+    image = resize(element['image'], self.image_size, self.resize_size)
+    return {**element, 'image': np.ascontiguousarray(image)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment(grain.transforms.RandomMap):
+  """Train-time augmentation: random crop with padding, optional flip."""
+  crop_padding: int = 0
+  horizontal_flip: bool = False
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = random_crop(element['image'], self.crop_padding, rng)
+    if self.horizontal_flip:
+      image = random_flip(image, rng)
+    return {**element, 'image': np.ascontiguousarray(image)}
