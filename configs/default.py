@@ -44,16 +44,19 @@ def get_config() -> ml_collections.ConfigDict:
   # WORKDIR/splits.json, which a rerun in the same workdir reuses.
   data.split = (0.8, 0.1, 0.1)
   data.split_seed = 0
-  # Side of the square image the model sees.
-  data.image_size = 32
+  # Side of the square image the model sees. 0: the pretrained weights' input
+  # size (with `resize_size` from their crop fraction when that is 0 too), or
+  # 32 without pretrained weights.
+  data.image_size = 0
   # Shorter side to resize to before the center crop to `image_size` (e.g. 256
   # for 224 crops, as ImageNet-pretrained models expect). 0: resize straight to
   # `image_size`.
   data.resize_size = 0
   # Per-channel mean and std in [0, 1] units; normalisation runs on the device
-  # so that batches cross the host-to-device link as uint8.
-  data.mean = (0.5, 0.5, 0.5)
-  data.std = (0.25, 0.25, 0.25)
+  # so that batches cross the host-to-device link as uint8. Empty: those the
+  # pretrained weights were trained with, or 0.5 and 0.25 without them.
+  data.mean = ()
+  data.std = ()
   # Train-split augmentation (val/test are only resized and cropped).
   data.augment = ml_collections.ConfigDict()
   # Zero-pad each side by this many pixels, then crop back at random (0: off).
@@ -77,6 +80,11 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNets, 64 for the ImageNet ones). Narrow models train fast on CPU: at 8,
   # this default reaches ~99% test accuracy on digits in two minutes on 2 cores.
   model.width = 8
+  # Pretrained weights: a directory written by `python -m jaxcls.convert`, or a
+  # PyTorch .pth/.safetensors file converted on the fly. Everything loads
+  # strictly except a classifier head of another number of classes, which is
+  # freshly initialised. None: train from scratch.
+  model.pretrained = config_dict.placeholder(str)
   # Compute dtype of activations: 'float32' or 'bfloat16'. Parameters, the
   # optimizer state and the loss stay in float32.
   model.dtype = 'float32'

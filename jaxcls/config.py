@@ -35,6 +35,32 @@ def default_config() -> ml_collections.ConfigDict:
   return load_config_file(DEFAULT_CONFIG)
 
 
+def resolve_automatic_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy with the automatic (empty or 0) input fields filled in.
+
+  With pretrained weights, the input size, resize and normalisation default to
+  what the weights were trained with (a converted checkpoint's metadata, or
+  ImageNet's conventions for a raw PyTorch file); without, to 32x32 and a
+  mean of 0.5 and std of 0.25 per channel. Fields the config sets win.
+  """
+  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the input stays as given.
+  info = None
+  if config.model.pretrained:
+    info = store.read_metadata(config.model.pretrained) or store.PretrainedInfo(
+        arch=config.model.name, source=config.model.pretrained, sha256='', layout='', num_classes=0)
+  data = config.data
+  if not data.image_size:
+    data.image_size = info.input_size if info else 32
+    if info and not data.resize_size:
+      data.resize_size = int(round(info.input_size / info.crop_pct))
+  if not data.mean:
+    data.mean = tuple(info.mean) if info else (0.5, 0.5, 0.5)
+  if not data.std:
+    data.std = tuple(info.std) if info else (0.25, 0.25, 0.25)
+  return config
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int = 1,
              defaults: ml_collections.ConfigDict | None = None) -> None:
   """Raises ConfigError listing every unknown key, wrong type and impossible value."""
@@ -99,12 +125,14 @@ def _value_errors(c, device_count: int) -> list[str]:
     check(split[0] > 0, 'data.split', f'the train {kind[:-1]} must be positive')
   except ValueError as e:
     check(False, 'data.split', str(e))
-  check(c.data.image_size >= 1, 'data.image_size', 'must be positive')
+  check(c.data.image_size >= 0, 'data.image_size', 'must be positive (or 0: automatic)')
   check(c.data.resize_size == 0 or c.data.resize_size >= c.data.image_size, 'data.resize_size',
         'must be 0 or at least data.image_size (resize, then center-crop)')
-  check(len(c.data.mean) == 3, 'data.mean', 'expected 3 channel means')
-  check(len(c.data.std) == 3 and all(s > 0 for s in c.data.std), 'data.std',
-        'expected 3 positive channel stds')
+  check(len(c.data.mean) in (0, 3), 'data.mean', 'expected 3 channel means (or none: automatic)')
+  check(len(c.data.std) in (0, 3) and all(s > 0 for s in c.data.std), 'data.std',
+        'expected 3 positive channel stds (or none: automatic)')
+  check(c.model.pretrained is None or Path(c.model.pretrained).exists(), 'model.pretrained',
+        'no such file or directory')
   check(c.data.augment.random_crop_padding >= 0, 'data.augment.random_crop_padding',
         'must be >= 0')
   check(c.data.num_workers >= 0, 'data.num_workers', 'must be >= 0')

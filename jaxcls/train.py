@@ -20,7 +20,7 @@ from clu import parameter_overview
 
 from jaxcls import data, parallel
 from jaxcls.checkpointing import Checkpointer
-from jaxcls.config import ConfigError, validate
+from jaxcls.config import ConfigError, resolve_automatic_fields, validate
 from jaxcls.metrics import eval_metrics_class
 from jaxcls.models import create_model
 from jaxcls.optim import create_optimizer, learning_rate_schedule
@@ -49,6 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json."""
   started = time.monotonic()
   validate(config, device_count=jax.device_count())
+  config = resolve_automatic_fields(config)
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -73,7 +74,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model_kwargs = dict(dtype=config.model.dtype)
   if config.model.width:
     model_kwargs['width'] = config.model.width
-  model = create_model(config.model.name, num_classes, seed=config.seed, **model_kwargs)
+  model = create_model(config.model.name, num_classes, seed=config.seed,
+                       pretrained=config.model.pretrained, **model_kwargs)
+  if config.model.pretrained:
+    logging.info('%s weights from %s (input %d, mean %s, std %s)', config.model.name,
+                 config.model.pretrained, config.data.image_size, config.data.mean, config.data.std)
 
   batch_size = config.train.batch_size
   steps_per_epoch = data.steps_per_epoch(len(dataset.train), batch_size)

@@ -4,14 +4,14 @@
 import numpy as np
 import pytest
 
-from jaxcls.config import default_config
+from jaxcls.config import default_config, resolve_automatic_fields
 from jaxcls.data import pipeline
 from jaxcls.data import sources
 from jaxcls.data import transforms
 
 
 def data_config(**overrides):
-  config = default_config().data
+  config = resolve_automatic_fields(default_config()).data
   config.update(overrides)
   return config
 

@@ -7,12 +7,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from jaxcls.config import default_config
+from jaxcls.config import default_config, resolve_automatic_fields
 from jaxcls.data import sources
 
 
 def data_config(**overrides):
-  config = default_config().data
+  config = resolve_automatic_fields(default_config()).data
   config.update(overrides)
   return config
 

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from jaxcls.config import default_config
+from jaxcls.config import default_config, resolve_automatic_fields
 from jaxcls.data import splits
 from jaxcls.data import sources
 
 
 def data_config(**overrides):
-  config = default_config().data
+  config = resolve_automatic_fields(default_config()).data
   config.update(overrides)
   return config
 

@@ -29,7 +29,7 @@ def _steps(config, num_classes=10):
   tx = create_optimizer(config.optimizer, lr)
   train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
   train_fn, eval_fn = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(num_classes),
-                                mean=config.data.mean, std=config.data.std, dtype='float32',
+                                mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
                                 label_smoothing=0.0)
   return state, train_fn, eval_fn
 
@@ -115,7 +115,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent('''
       tx = create_optimizer(config.optimizer, lr)
       train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
       train_fn, _ = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),
-                              mean=config.data.mean, std=config.data.std, dtype='float32',
+                              mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
                               label_smoothing=0.1)
       mesh = parallel.data_mesh(devices)
       state = jax.device_put(state, parallel.replicated(mesh))

@@ -23,17 +23,28 @@ def list_models() -> list[str]:
   return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int, *, seed: int = 0, **kwargs) -> nnx.Module:
-  """Builds a registered model with freshly initialised parameters.
+def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
+                 pretrained: str | None = None, **kwargs) -> nnx.Module:
+  """Builds a registered model, freshly initialised or from pretrained weights.
 
   Args:
     name: a name from `list_models()`, e.g. 'resnet50' or 'cifar_resnet20'.
     num_classes: outputs of the classifier head.
-    seed: seed of the parameter initialisation.
+    seed: seed of the parameter initialisation (of the head, when pretrained).
+    pretrained: a directory written by `python -m jaxcls.convert`, or a PyTorch
+      `.pth`/`.safetensors` file converted on the fly. Every variable comes from
+      it except a head whose number of classes differs, which stays fresh.
     **kwargs: passed to the constructor (e.g. `width`, `dtype`).
+
+  After `model.eval()`, `model(images)` maps a float32 NHWC batch, already
+  normalised, to logits.
   """
   if name not in _MODELS:
     raise ValueError(f'unknown model {name!r}; known models: {", ".join(list_models())}')
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-  return _MODELS[name](num_classes=num_classes, rngs=nnx.Rngs(params=seed), **kwargs)
+  model = _MODELS[name](num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+  if pretrained:
+    from jaxcls.pretrained.store import load_pretrained  # pylint: disable=g-import-not-at-top
+    load_pretrained(model, pretrained, arch=name)
+  return model
