@@ -6,6 +6,8 @@ same on every architecture.
 """
 
 from jaxcls.models import resnet as _resnet  # registers the ResNets
+from jaxcls.models import convnext as _convnext  # registers the ConvNeXts
+from jaxcls.models import vgg as _vgg  # registers the VGGs
 from jaxcls.models.registry import create_model, list_models, register
 
 __all__ = ['create_model', 'list_models', 'register']

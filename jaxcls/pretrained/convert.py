@@ -27,6 +27,9 @@ from flax import nnx
 # nnx leaf name -> PyTorch parameter/buffer name.
 _LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
                'var': 'running_var'}
+# What a checkpoint holds: parameters and BatchNorm statistics, not RNG state
+# (dropout, stochastic depth), which every model initialises for itself.
+WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
 # Buffers PyTorch saves that have no Flax counterpart.
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -123,7 +126,7 @@ def _load(model, state_dict, rename, keep_head, convert_tensor):
     source[canonical] = (key, value)
 
   # nnx.state hands out the model's own Variables: set_value loads in place.
-  variables = dict(nnx.to_flat_state(nnx.state(model)))
+  variables = dict(nnx.to_flat_state(nnx.state(model, WEIGHTS)))
   targets = {canonical_key(path): variables[path] for path in variables}
   if keep_head is None:
     keep_head = all(k in source and np.size(source[k][1]) == np.prod(v.shape)

@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxcls.pretrained.checkpoint_files import read_state_dict, sha256
-from jaxcls.pretrained.convert import CheckpointMismatchError, canonical_key, load_state_dict
+from jaxcls.pretrained.convert import (WEIGHTS, CheckpointMismatchError, canonical_key,
+                                      load_state_dict)
 
 METADATA_FILE = 'pretrained.json'
 # What torchvision's and timm's ImageNet weights expect, for raw files without metadata.
@@ -47,7 +48,7 @@ def save_converted(model: nnx.Module, out_dir: str | Path, info: PretrainedInfo)
   out_dir = Path(out_dir).resolve()
   out_dir.mkdir(parents=True, exist_ok=True)
   state = {canonical_key(path): np.asarray(v.get_value())
-           for path, v in nnx.to_flat_state(nnx.state(model))}
+           for path, v in nnx.to_flat_state(nnx.state(model, WEIGHTS))}
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(out_dir / 'state', state, force=True)
   (out_dir / METADATA_FILE).write_text(json.dumps(dataclasses.asdict(info), indent=2))
