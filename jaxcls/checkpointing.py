@@ -46,6 +46,10 @@ class Checkpointer:
         state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
+  def restore_meta(self, step: int) -> dict:
+    """The JSON saved beside the state at `step`, without reading any arrays."""
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

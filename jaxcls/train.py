@@ -157,7 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  train_summary['accuracy'], val_metrics['loss'], val_metrics['accuracy'])
     with progress.timed('checkpoint'):
       checkpointer.save(state, meta=dict(epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
-                                         history=history), metrics=val_metrics)
+                                         history=history, class_names=list(dataset.class_names)),
+                        metrics=val_metrics)
   progress.close()
   checkpointer.wait()
 
@@ -188,6 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config=config.to_dict())
   if is_main:
     (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
+    # WORKDIR/report/: metrics tables and figures of the test split (logged, not raised, on error).
+    from jaxcls import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.report_finished_run(workdir_path)
   return results
 
 

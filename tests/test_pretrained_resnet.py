@@ -24,8 +24,12 @@ def _converted(name, num_classes=10, seed=0, **kwargs):
 
 @pytest.mark.parametrize('name,size,kwargs', [
     ('resnet18', 64, {}),
+    ('resnet34', 32, dict(width=8)),
     ('resnet50', 64, dict(width=16)),
+    ('resnet101', 32, dict(width=8)),
+    ('resnet152', 32, dict(width=4)),
     ('cifar_resnet20', 32, {}),
+    ('cifar_resnet32', 16, dict(width=4)),
     ('cifar_resnet56', 16, dict(width=4)),
 ])
 def test_logits_match_the_torch_reference(name, size, kwargs):

@@ -174,9 +174,10 @@ class ConvNeXt(nnx.Module):
   checkpoint_layouts = {'timm': timm_to_canonical}
 
   def __init__(self, *, depths: Sequence[int], dims: Sequence[int], num_classes: int,
-               drop_path_rate: float = 0.0, layer_scale: float = 1e-6,
+               drop_path_rate: float = 0.0, layer_scale: float = 1e-6, width: int = 0,
                dtype: str | jnp.dtype = 'float32', rngs: nnx.Rngs):
-    depths, dims = tuple(depths), tuple(dims)
+    # `width` (config.model.width) sets the first stage's channels, doubling per stage.
+    depths, dims = tuple(depths), tuple(width * 2**i for i in range(4)) if width else tuple(dims)
     if len(depths) != 4 or len(dims) != 4:
       raise ValueError(f'ConvNeXt has four stages; got depths={depths}, dims={dims}')
     if not 0.0 <= drop_path_rate < 1.0:
