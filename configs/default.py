@@ -130,4 +130,24 @@ def get_config() -> ml_collections.ConfigDict:
   ckpt.keep = 2
   ckpt.best_metric = 'accuracy'
   ckpt.best_mode = 'max'
+
+  # ---------------------------------------------------------- evaluation ---
+  # Read by `python -m jaxcls.evaluate` and by the report every run writes to
+  # WORKDIR/report/ (whose flags can override them for an existing run).
+  config.evaluate = evaluate = ml_collections.ConfigDict()
+  # Test-time augmentation, reported beside the plain result: the softmax
+  # probabilities of every view of an image are averaged. With `tta_flip`,
+  # each view is also seen mirrored left-right (leave it off where a mirror
+  # changes the class, as for digits).
+  evaluate.tta_flip = False
+  # 1: the image as evaluated. 5: four corner crops and the center crop of the
+  # image zero-padded by `data.augment.random_crop_padding` pixels per side
+  # (or image_size // 8 when that is 0), so every crop keeps the model's input
+  # size, the corners are shifts the model saw in training, and the center
+  # crop is the plain image.
+  evaluate.tta_crops = 1
+  # Ensemble (average the softmax probabilities of) the best this many
+  # checkpoints by `checkpoint.best_metric`. Only those on disk count: the
+  # latest `checkpoint.keep` and the best, so at most keep + 1.
+  evaluate.top_k_checkpoints = 1
   return config

@@ -165,6 +165,8 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(0 <= c.train.label_smoothing < 1, 'train.label_smoothing', 'must be in [0, 1)')
   check(c.train.log_every_steps >= 1, 'train.log_every_steps', 'must be >= 1')
 
+  check(c.evaluate.tta_crops in (1, 5), 'evaluate.tta_crops', 'expected 1 or 5')
+  check(c.evaluate.top_k_checkpoints >= 1, 'evaluate.top_k_checkpoints', 'must be >= 1')
   check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
   check(c.checkpoint.best_metric in BEST_METRICS, 'checkpoint.best_metric',
         f'expected one of {BEST_METRICS}')

@@ -189,9 +189,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config=config.to_dict())
   if is_main:
     (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
+  if is_main and jax.process_count() == 1:
     # WORKDIR/report/: metrics tables and figures of the test split (logged, not raised, on error).
-    from jaxcls import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.report_finished_run(workdir_path)
+    from jaxcls.evaluate import report_finished_run  # pylint: disable=g-import-not-at-top
+    report_finished_run(workdir_path)
+  elif is_main:  # Restoring checkpoints on one process of several would wait on the others.
+    logging.info('multi-host run: write the report with `python -m jaxcls.evaluate --workdir %s`',
+                 workdir)
   return results
 
 

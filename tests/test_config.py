@@ -66,6 +66,12 @@ def test_unknown_model_lists_known_ones(config):
     validate(config)
 
 
+def test_evaluation_options_are_checked_before_training(config):
+  config.evaluate.tta_crops = 3
+  with pytest.raises(ConfigError, match=r'config\.evaluate\.tta_crops=3: expected 1 or 5'):
+    validate(config)
+
+
 def test_all_problems_are_reported_at_once(config):
   config.optimizer.learning_rate = -1.0
   config.checkpoint.best_mode = 'maximum'

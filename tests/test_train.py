@@ -101,3 +101,6 @@ def test_default_config_reaches_95_percent_on_digits(tmp_path):
   assert list(tmp_path.glob('events.out.tfevents.*')), 'no TensorBoard event file'
   assert (tmp_path / 'checkpoints' / str(results['best_step'])).is_dir()
   assert 'test accuracy' in result.stdout
+  for name in ('classification_report.md', 'classification_report.json', 'confusion_matrix.png',
+               'confusion_matrix.csv', 'curves.png', 'misclassified.png'):
+    assert (tmp_path / 'report' / name).is_file(), name

@@ -124,15 +124,19 @@ class ResNet(nnx.Module):
     self.num_features = in_ch
     self.fc = nnx.Linear(in_ch, num_classes, kernel_init=_linear_init, dtype=dtype, rngs=rngs)
 
-  def features(self, x: jax.Array) -> jax.Array:
-    """Images [batch, height, width, 3] -> pooled features [batch, num_features]."""
+  def feature_map(self, x: jax.Array) -> jax.Array:
+    """Images [batch, height, width, 3] -> the last stage's activations, before pooling."""
     x = nnx.relu(self.bn1(self.conv1(x)))
     if self.stem == 'imagenet':
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i in range(self.num_stages):
       for block in getattr(self, f'layer{i + 1}'):
         x = block(x)
-    return jnp.mean(x, axis=(1, 2))
+    return x
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """Images [batch, height, width, 3] -> pooled features [batch, num_features]."""
+    return jnp.mean(self.feature_map(x), axis=(1, 2))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc(self.features(x))

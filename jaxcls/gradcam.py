@@ -1,0 +1,130 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for a class lies.
+
+The forward pass is split at the last convolutional stage: `last_stage_and_head`
+returns that stage's activations A [batch, h, w, C] and the rest of the network
+as a function of them. The weight of channel c is the spatial mean of
+d logit_target / d A_c, and the map is ReLU(sum_c w_c A_c), normalised to
+[0, 1] and upsampled to the image size.
+
+The split is written here per model family (ResNet, VGG, ConvNeXt) so that the
+models stay free of explanation hooks; any other module can take part by
+defining a `last_stage_and_head(x)` method of its own.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxcls.models import convnext, resnet, vgg
+
+StageAndHead = tuple[jax.Array, Callable[[jax.Array], jax.Array]]
+
+
+def last_stage_and_head(model: nnx.Module, x: jax.Array) -> StageAndHead:
+  """Normalised images -> (last stage's activations [batch, h, w, C], activations -> logits).
+
+  `head(activations)` equals `model(x)`: the split changes nothing but where the
+  gradient is taken.
+  """
+  if hasattr(model, 'last_stage_and_head'):
+    return model.last_stage_and_head(x)
+  if isinstance(model, resnet.ResNet):
+    return _resnet_split(model, x)
+  if isinstance(model, vgg.VGG):
+    return _vgg_split(model, x)
+  if isinstance(model, convnext.ConvNeXt):
+    return _convnext_split(model, x)
+  raise TypeError(f'Grad-CAM does not know where the last convolutional stage of a '
+                  f'{type(model).__name__} is; give it a last_stage_and_head(x) method.')
+
+
+def _resnet_split(model: resnet.ResNet, x: jax.Array) -> StageAndHead:
+  return model.feature_map(x), lambda a: model.fc(jnp.mean(a, axis=(1, 2)))
+
+
+def _vgg_split(model: vgg.VGG, x: jax.Array) -> StageAndHead:
+  # The stage ends at the last ReLU, before the last max-pool (features.29 in
+  # torchvision's VGG16, the layer Grad-CAM's authors used): one more pool would
+  # halve the map's resolution for nothing.
+  layers = list(model.features.layers)
+  last_relu = max(i for i, layer in enumerate(layers) if isinstance(layer, vgg.ReLU))
+  for layer in layers[:last_relu + 1]:
+    x = layer(x)
+
+  def head(a):
+    for layer in layers[last_relu + 1:]:
+      a = layer(a)
+    # vgg.Features.__call__'s pooling and flattening.
+    if model.features.pooling == 'gap':
+      a = jnp.mean(a, axis=(1, 2))
+    else:
+      a = vgg.adaptive_avg_pool(a, vgg._POOLED_SIZE)  # pylint: disable=protected-access
+      a = jnp.transpose(a, (0, 3, 1, 2)).reshape(a.shape[0], -1)
+    return getattr(model, model.head_name)(a)
+
+  return x, head
+
+
+def _convnext_split(model: convnext.ConvNeXt, x: jax.Array) -> StageAndHead:
+  # ConvNeXtFeatures.__call__, stopped before its global average pool.
+  for layer in model.features.layers:
+    if isinstance(layer, nnx.List):
+      for block in layer:
+        x = block(x)
+    else:
+      x = layer(x)
+
+  def head(a):
+    pooled = model.features.head_norm(jnp.mean(a, axis=(1, 2)))
+    return model.classifier.layers[2](pooled)
+
+  return x, head
+
+
+@nnx.jit
+def _gradcam(model, images, targets):
+  """-> (cams [B, H, W] in [0, 1], logits [B, classes]); targets < 0 mean the predicted class."""
+  activations, head = last_stage_and_head(model, images)
+
+  def target_logit(a):
+    logits = head(a).astype(jnp.float32)
+    chosen = jnp.where(targets < 0, jnp.argmax(logits, axis=-1), targets)
+    # Examples are independent in eval mode, so the gradient of the sum is
+    # each example's own gradient.
+    return jnp.take_along_axis(logits, chosen[:, None], axis=-1).sum(), logits
+
+  grads, logits = jax.grad(target_logit, has_aux=True)(activations)
+  weights = jnp.mean(grads.astype(jnp.float32), axis=(1, 2))  # [B, C]
+  cams = nnx.relu(jnp.einsum('bhwc,bc->bhw', activations.astype(jnp.float32), weights))
+  batch, height, width = images.shape[:3]
+  cams = jax.image.resize(cams, (batch, height, width), method='bilinear')
+  low = cams.min(axis=(1, 2), keepdims=True)
+  high = cams.max(axis=(1, 2), keepdims=True)
+  # A map with no positive evidence anywhere stays all zeros rather than 0/0.
+  cams = jnp.where(high > low, (cams - low) / jnp.maximum(high - low, 1e-12), 0.0)
+  return cams, logits
+
+
+def gradcam(model: nnx.Module, images_normalised, class_index=None):
+  """Grad-CAM maps of a batch: -> (cams [B, H, W] float32 in [0, 1], predicted [B] int32).
+
+  Args:
+    model: a ResNet, VGG or ConvNeXt (or any module with `last_stage_and_head`).
+      It is used in eval mode (BatchNorm's running statistics, no dropout)
+      whatever mode it is in; the model itself is not changed.
+    images_normalised: [B, H, W, 3] float images, normalised as the model's
+      input (`jaxcls.steps.normalize`).
+    class_index: the class to explain, an int or one per image; None (default)
+      explains each image's predicted class.
+  """
+  images = jnp.asarray(images_normalised)
+  if images.ndim != 4:
+    raise ValueError(f'images must be [batch, height, width, channels], got {images.shape}')
+  model = nnx.view(model, deterministic=True, use_running_average=True,
+                   raise_if_not_found=False)
+  targets = jnp.broadcast_to(jnp.asarray(-1 if class_index is None else class_index, jnp.int32),
+                             images.shape[:1])
+  cams, logits = _gradcam(model, images, targets)
+  return cams, jnp.argmax(logits, axis=-1).astype(jnp.int32)

@@ -1,0 +1,221 @@
+"""Classifies image files with a trained run: `python -m jaxcls.predict --workdir DIR PATH...`.
+
+PATHs are image files or folders (searched recursively for .jpg/.jpeg/.png/
+.bmp/.webp). Each image is decoded to RGB as training decodes folder images
+(EXIF rotation applied), preprocessed as evaluation does (`transforms.resize`
+with the run's `image_size` and `resize_size`) and classified by the run's
+best checkpoint. The top-k classes are printed as a table and written to a CSV
+(path, rank, class, probability; default DIR/predictions.csv). Files that
+cannot be read are named in a warning and skipped; the exit status is non-zero
+only when none could be read.
+
+    python -m jaxcls.predict --workdir /tmp/run --top_k 3 photos/ extra.jpg
+"""
+
+import concurrent.futures
+import csv
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image
+
+from jaxcls.data import transforms
+from jaxcls.data.sources import ImageFileSource
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+# PIL modes of more than 8 bits per sample, which PIL's convert('RGB') clips
+# at 255 instead of scaling.
+_WIDE_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """The outcome for one file: its top-k classes, or why it could not be read."""
+  path: str
+  top_k: tuple[tuple[str, float], ...] = ()  # (class name, probability), most probable first.
+  probabilities: np.ndarray | None = None  # [num_classes], summing to 1.
+  error: str | None = None  # Set when the file could not be read; then the rest is empty.
+
+
+def list_image_files(paths) -> list[str]:
+  """Files as given (whatever their extension) and the images found under folders, sorted.
+
+  A file named twice (directly and through its folder) is listed once, where first met.
+  """
+  files = []
+  for path in paths:
+    path = os.path.expanduser(str(path))
+    if not os.path.isdir(path):
+      files.append(path)  # A missing file is reported as unreadable, not silently dropped.
+      continue
+    for dirpath, dirnames, filenames in os.walk(path):
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+      files.extend(os.path.join(dirpath, name) for name in sorted(filenames)
+                   if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'))
+  return list(dict.fromkeys(files))
+
+
+def decode_image(path: str) -> np.ndarray:
+  """Any image file PIL reads -> uint8 [H, W, 3] RGB, as `ImageFileSource` decodes it.
+
+  16-bit and float images are first scaled to 8 bits (PIL would clip them).
+  """
+  with Image.open(path) as image:
+    wide = image.mode in _WIDE_MODES
+  if not wide:
+    return ImageFileSource([path], [0])[0]['image']
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as image:
+    image = ImageOps.exif_transpose(image)
+    array = np.asarray(image).astype(np.float64)
+    if image.mode == 'F':
+      top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+    elif image.mode == 'I':
+      top = 65535.0 if array.max(initial=0) > 255 else 255.0
+    else:
+      top = 65535.0
+  gray = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+  return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def load_and_preprocess(path: str, image_size: int, resize_size: int = 0) -> np.ndarray:
+  """A file -> the uint8 [image_size, image_size, 3] array evaluation would feed the model."""
+  image = transforms.resize(decode_image(path), image_size, resize_size)
+  return np.ascontiguousarray(image)
+
+
+def _try_load(path, image_size, resize_size):
+  try:
+    return load_and_preprocess(path, image_size, resize_size), None
+  except Exception as e:  # pylint: disable=broad-except
+    # PIL raises OSError, ValueError, DecompressionBombError... for bad files.
+    return None, f'{type(e).__name__}: {e}'
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  exp = np.exp(shifted.astype(np.float64))
+  return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def predict_files(run, paths, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
+  """Classifies the image files `paths` with `run` (a `jaxcls.runs.Run`).
+
+  Returns one Prediction per path, in order; a file that cannot be read gets
+  one with `error` set (and a logged warning) instead of failing the rest.
+  Folders are not expanded here: see `list_image_files`.
+  """
+  paths = [str(p) for p in paths]
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  top_k = max(1, min(top_k, len(run.class_names)))
+  data = run.config.data
+  # Every batch has the same shape, so the forward pass compiles once.
+  padded_size = max(1, min(batch_size, len(paths)))
+  results = []
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    for start in range(0, len(paths), batch_size):
+      chunk = paths[start:start + batch_size]
+      loaded = list(pool.map(lambda p: _try_load(p, data.image_size, data.resize_size), chunk))
+      images = [image for image, _ in loaded if image is not None]
+      probabilities = iter(())
+      if images:
+        batch = np.zeros((padded_size, *images[0].shape), np.uint8)
+        batch[:len(images)] = images
+        probabilities = iter(softmax(run.logits(batch)[:len(images)]))
+      for path, (image, error) in zip(chunk, loaded):
+        if image is None:
+          logging.warning('Skipping unreadable image %s (%s)', path, error)
+          results.append(Prediction(path=path, error=error))
+          continue
+        probs = next(probabilities)
+        order = np.argsort(-probs, kind='stable')[:top_k]
+        results.append(Prediction(
+            path=path, probabilities=probs,
+            top_k=tuple((run.class_names[i], float(probs[i])) for i in order)))
+  return results
+
+
+def write_csv(predictions, out: str | Path) -> None:
+  """Rows of (path, rank, class, probability), ranks from 1; unreadable files are left out."""
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with open(out, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['path', 'rank', 'class', 'probability'])
+    for prediction in predictions:
+      for rank, (name, probability) in enumerate(prediction.top_k, start=1):
+        writer.writerow([prediction.path, rank, name, f'{probability:.6f}'])
+
+
+def format_table(predictions) -> str:
+  """A console table: one row per readable file, its top-k 'class probability' cells."""
+  rows = [(p.path, [f'{name} {probability:.3f}' for name, probability in p.top_k])
+          for p in predictions if p.error is None]
+  if not rows:
+    return ''
+  k = max(len(cells) for _, cells in rows)
+  header = ('file', [f'top-{i + 1}' for i in range(k)])
+  file_width = max(len(path) for path, _ in [header, *rows])
+  cell_width = max(len(cell) for _, cells in [header, *rows] for cell in cells)
+  lines = [f'{path:<{file_width}}  ' + '  '.join(f'{c:<{cell_width}}' for c in cells)
+           for path, cells in [header, *rows]]
+  return '\n'.join(line.rstrip() for line in lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI's flags; defined only when run as a program, so that importing this
+  module next to another CLI (jaxcls.explain) defines no flag twice."""
+  flags.DEFINE_string('workdir', None, 'The run to predict with (its config.json and '
+                      'checkpoints).', required=True)
+  flags.DEFINE_string('step', 'best', "Checkpoint: 'best', 'latest' or a step number.")
+  flags.DEFINE_integer('top_k', 5, 'Classes to report per image.', lower_bound=1)
+  flags.DEFINE_string('out', None, 'CSV to write (default: WORKDIR/predictions.csv).')
+  flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.', lower_bound=1)
+
+
+def quiet_libraries():
+  """Keeps the console to the results: INFO logs (Orbax's restore chatter) only on --verbosity."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def parse_step(step: str) -> int | str:
+  return step if step in ('best', 'latest') else int(step)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError('give image files or folders to classify')
+  quiet_libraries()
+  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
+  files = list_image_files(argv[1:])
+  if not files:
+    sys.exit(f'jaxcls.predict: no {"/".join(IMAGE_EXTENSIONS)} images in {argv[1:]}')
+  run = load_run(FLAGS.workdir, parse_step(FLAGS.step))
+  predictions = predict_files(run, files, FLAGS.top_k, FLAGS.batch_size)
+  readable = [p for p in predictions if p.error is None]
+  unreadable = [p for p in predictions if p.error is not None]
+  out = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions.csv')
+  if readable:
+    print(format_table(readable))
+    write_csv(readable, out)
+    print(f'{len(readable)} images (checkpoint step {run.step}, epoch {run.epoch}) -> {out}')
+  if unreadable:
+    print(f'skipped {len(unreadable)} unreadable file(s):', file=sys.stderr)
+    for p in unreadable:
+      print(f'  {p.path}: {p.error}', file=sys.stderr)
+  if not readable:
+    sys.exit('jaxcls.predict: none of the files could be read')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
