@@ -322,8 +322,23 @@ def report_finished_run(workdir: str | Path) -> None:
   """
   try:
     evaluate_and_report([workdir], split='test')
+    write_gradcam_section(workdir)
   except Exception:  # pylint: disable=broad-except
     logging.exception('could not write the evaluation report of %s', workdir)
+
+
+def write_gradcam_section(workdir: str | Path, num_images: int = 8) -> Path:
+  """report/gradcam.png: where the best checkpoint looks, on the first test images."""
+  from jaxcls import explain  # pylint: disable=g-import-not-at-top
+  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
+  run = load_run(workdir)
+  dataset = data.load_dataset(run.config.data, str(workdir))
+  batch = next(data.eval_batches(dataset.test, run.config.data, global_batch_size=num_images))
+  images, labels = batch['image'][batch['mask']], batch['label'][batch['mask']]
+  cams, probabilities = explain.explain_images(run, images)
+  names = [f'test #{i}: true {run.class_names[label]}' for i, label in enumerate(labels)]
+  return explain.plot_gradcam(names, images, cams, probabilities, run.class_names,
+                              Path(workdir) / 'report' / 'gradcam.png')
 
 
 def _define_flags() -> None:

@@ -33,9 +33,6 @@ def explain_files(run, paths, class_index: int | None = None):
 
   Unreadable files are skipped with a warning.
   """
-  from jaxcls.gradcam import gradcam
-  from jaxcls.steps import normalize
-  import jax.numpy as jnp
   data = run.config.data
   kept, images = [], []
   for path in paths:
@@ -47,11 +44,20 @@ def explain_files(run, paths, class_index: int | None = None):
   if not images:
     return kept, None, None, None
   images = np.stack(images)
+  cams, probabilities = explain_images(run, images, class_index)
+  return kept, images, cams, probabilities
+
+
+def explain_images(run, images: np.ndarray, class_index: int | None = None):
+  """uint8 images [N, S, S, 3] at the run's input size -> (cams [N, S, S], probabilities)."""
+  from jaxcls.gradcam import gradcam
+  from jaxcls.steps import normalize
+  import jax.numpy as jnp
+  data = run.config.data
   normalised = normalize(jnp.asarray(images), tuple(data.mean), tuple(data.std),
                          jnp.dtype(run.config.model.dtype))
   cams, _ = gradcam(run.model, normalised, class_index)
-  probabilities = predict.softmax(run.logits(images))
-  return kept, images, np.asarray(cams), probabilities
+  return np.asarray(cams), predict.softmax(run.logits(images))
 
 
 def plot_gradcam(paths, images, cams, probabilities, class_names, out, class_index=None,

@@ -102,5 +102,5 @@ def test_default_config_reaches_95_percent_on_digits(tmp_path):
   assert (tmp_path / 'checkpoints' / str(results['best_step'])).is_dir()
   assert 'test accuracy' in result.stdout
   for name in ('classification_report.md', 'classification_report.json', 'confusion_matrix.png',
-               'confusion_matrix.csv', 'curves.png', 'misclassified.png'):
+               'confusion_matrix.csv', 'curves.png', 'misclassified.png', 'gradcam.png'):
     assert (tmp_path / 'report' / name).is_file(), name
