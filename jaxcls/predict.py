@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image
 
 from jaxcls.data import transforms
-from jaxcls.data.sources import ImageFileSource
+from jaxcls.data.sources import decode_image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # PIL modes of more than 8 bits per sample, which PIL's convert('RGB') clips
 # at 255 instead of scaling.
-_WIDE_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,29 +55,6 @@ def list_image_files(paths) -> list[str]:
       files.extend(os.path.join(dirpath, name) for name in sorted(filenames)
                    if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith('.'))
   return list(dict.fromkeys(files))
-
-
-def decode_image(path: str) -> np.ndarray:
-  """Any image file PIL reads -> uint8 [H, W, 3] RGB, as `ImageFileSource` decodes it.
-
-  16-bit and float images are first scaled to 8 bits (PIL would clip them).
-  """
-  with Image.open(path) as image:
-    wide = image.mode in _WIDE_MODES
-  if not wide:
-    return ImageFileSource([path], [0])[0]['image']
-  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
-  with Image.open(path) as image:
-    image = ImageOps.exif_transpose(image)
-    array = np.asarray(image).astype(np.float64)
-    if image.mode == 'F':
-      top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
-    elif image.mode == 'I':
-      top = 65535.0 if array.max(initial=0) > 255 else 255.0
-    else:
-      top = 65535.0
-  gray = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
-  return np.repeat(gray[..., None], 3, axis=-1)
 
 
 def load_and_preprocess(path: str, image_size: int, resize_size: int = 0) -> np.ndarray:

@@ -220,3 +220,12 @@ def test_tfds_source_reads_local_files_and_carves_val(tiny_tfds_dir, tmp_path):
   val_labels = [int(dataset.val[i]['label']) for i in range(6)]
   assert sorted(val_labels) == [0, 0, 1, 1, 2, 2]
   assert (tmp_path / 'splits.json').exists()
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+  """A 16-bit PNG (medical and scientific folders have them) keeps its contrast."""
+  ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+  Image.fromarray(ramp).save(tmp_path / 'ramp.png')
+  image = sources.ImageFileSource([tmp_path / 'ramp.png'], [0])[0]['image']
+  assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+  np.testing.assert_array_equal(image[..., 0], np.round(ramp * (255 / 65535)).astype(np.uint8))
