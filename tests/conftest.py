@@ -24,8 +24,7 @@ def config():
   return default_config()
 
 
-@pytest.fixture
-def tiny_config(config):
+def _tiny(config):
   """Digits at 16x16 through a 4-channel CIFAR ResNet-20: seconds per epoch on a CPU."""
   config.data.image_size = 16
   config.model.width = 4
@@ -34,3 +33,17 @@ def tiny_config(config):
   config.train.log_every_steps = 5
   config.optimizer.warmup_epochs = 0.5
   return config
+
+
+@pytest.fixture
+def tiny_config(config):
+  return _tiny(config)
+
+
+@pytest.fixture(scope='session')
+def tiny_run_dir(tmp_path_factory):
+  """One finished tiny run (3 epochs), shared by the tests of the tools that read workdirs."""
+  from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  train_and_evaluate(_tiny(default_config()), str(workdir))
+  return workdir

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcls import data, evaluate, train
+from jaxcls import data, evaluate
 from jaxcls.runs import load_run
 
 REPORT_FILES = ('classification_report.md', 'classification_report.json',
@@ -16,17 +16,8 @@ REPORT_FILES = ('classification_report.md', 'classification_report.json',
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  config = default_config()
-  config.data.image_size = 16
-  config.model.width = 4
-  config.train.num_epochs = 3
-  config.train.batch_size = 128
-  config.optimizer.warmup_epochs = 0.5
-  workdir = tmp_path_factory.mktemp('run')
-  train.train_and_evaluate(config, str(workdir))
-  return workdir
+def run_dir(tiny_run_dir):
+  return tiny_run_dir
 
 
 @pytest.fixture(scope='module')

@@ -96,17 +96,8 @@ def test_unknown_architecture_is_refused():
     gradcam(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), jnp.zeros((1, 4, 4, 3)))
 
 
-def test_cli_writes_a_png_grid(tmp_path):
-  from jaxcls import train  # pylint: disable=g-import-not-at-top
-  from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  config = default_config()
-  config.data.image_size = 16
-  config.model.width = 4
-  config.train.num_epochs = 1
-  config.train.batch_size = 128
-  config.optimizer.warmup_epochs = 0.5
-  workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir))
+def test_cli_writes_a_png_grid(tmp_path, tiny_run_dir):
+  workdir = tiny_run_dir
   images = tmp_path / 'images'
   images.mkdir()
   for i in range(3):

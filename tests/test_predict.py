@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn import datasets
 
-from jaxcls import predict, train
+from jaxcls import predict
 from jaxcls.data import transforms
 from jaxcls.runs import load_run
 
@@ -18,18 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  """Digits at 16x16 through a 4-channel CIFAR ResNet-20, trained for one epoch."""
-  from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  config = default_config()
-  config.data.image_size = 16
-  config.model.width = 4
-  config.train.num_epochs = 1
-  config.train.batch_size = 128
-  config.optimizer.warmup_epochs = 0.5
-  workdir = tmp_path_factory.mktemp('run')
-  train.train_and_evaluate(config, str(workdir))
-  return load_run(workdir)
+def run(tiny_run_dir):
+  return load_run(tiny_run_dir)
 
 
 def digit(index: int, size: tuple[int, int]) -> np.ndarray:
