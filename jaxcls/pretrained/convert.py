@@ -81,7 +81,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
     model: a jaxcls model; `model.checkpoint_layouts` (optional) maps layout
       names to functions renaming a source key to its canonical key (or None
       for keys to drop).
-    state_dict: PyTorch key -> numpy array (see `jaxcls.pretrained.io`).
+    state_dict: PyTorch key -> numpy array (see `jaxcls.pretrained.checkpoint_files`).
     layout: the checkpoint's layout; None tries the canonical one, then each of
       the model's, and takes the first that matches every key. 'jaxcls': keys
       canonical and tensors already in Flax's layout (a converted checkpoint).
