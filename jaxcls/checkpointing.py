@@ -4,6 +4,8 @@ Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed mid-write resumes from the last complete checkpoint.
 """
 
+from pathlib import Path
+
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -23,7 +25,8 @@ class Checkpointer:
     ])
     self.best_metric = metric
     self._manager = ocp.CheckpointManager(
-        directory, item_names=('state', 'meta'),
+        # Orbax wants absolute paths; users give `--workdir runs/x`.
+        Path(directory).resolve(), item_names=('state', 'meta'),
         options=ocp.CheckpointManagerOptions(
             best_fn=best_fn, best_mode=mode, preservation_policy=policy, create=True))
 

@@ -47,3 +47,13 @@ def test_restore_returns_the_saved_state_and_meta(tmp_path):
   assert meta == {'epoch': 7, 'history': [{'a': 1.5}]}
   for want, got in zip(jax.tree.leaves(_state(7)), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(got, want)
+
+
+def test_relative_directories_work(tmp_path, monkeypatch):
+  """`--workdir runs/x` as the README writes it: Orbax itself only takes absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  checkpointer = _checkpointer('runs/x/checkpoints')
+  checkpointer.save(_state(3), meta={'epoch': 1}, metrics={'accuracy': 0.5})
+  checkpointer.wait()
+  assert (tmp_path / 'runs' / 'x' / 'checkpoints' / '3').is_dir()
+  assert checkpointer.restore(3, _state(0))[1] == {'epoch': 1}
