@@ -16,12 +16,10 @@ import pytest
 import torch
 from flax import nnx
 
-from jaxcls.metrics import eval_metrics_class
 from jaxcls.models import create_model, list_models
-from jaxcls.optim import create_optimizer, learning_rate_schedule
 from jaxcls.pretrained import load_state_dict
-from jaxcls.steps import create_train_state, jit_steps
 
+import jitted
 import parity
 import torch_convnext
 
@@ -185,15 +183,8 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters():
 def test_a_jitted_train_step_with_stochastic_depth_gives_a_finite_loss(config):
   """The dropout RNG state is a non-Param variable: it rides in `model_state`."""
   model = create_model('convnext_tiny', 10, drop_path_rate=0.2, **UNIFORM)
-  lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-  tx = create_optimizer(config.optimizer, lr)
-  train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
-  train_fn, _ = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),
-                                mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
-                                label_smoothing=0.0)
-  rng = np.random.default_rng(0)
-  batch = dict(image=rng.integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8),
-               label=rng.integers(0, 10, (BATCH,), dtype=np.int32), mask=np.ones((BATCH,), bool))
+  state, train_fn, _ = jitted.steps_for(model, config.optimizer)
+  batch = jitted.random_batch(BATCH, SIZE)
   assert _dropout_counts(state) and set(_dropout_counts(state)) == {0}
   for _ in range(2):
     state, metrics = train_fn(state, batch)

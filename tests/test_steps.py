@@ -6,32 +6,21 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxcls.metrics import eval_metrics_class
 from jaxcls.models import create_model
-from jaxcls.optim import create_optimizer, decay_mask, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.optim import decay_mask, learning_rate_schedule
+
+import jitted
 
 
-def _batch(n=32, size=16, num_classes=10, seed=0):
-  rng = np.random.default_rng(seed)
-  return dict(image=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-              label=rng.integers(0, num_classes, (n,), dtype=np.int32),
-              mask=np.ones((n,), bool))
+_batch = jitted.random_batch
 
 
 def _steps(config, num_classes=10):
-  model = create_model('cifar_resnet20', num_classes, width=4)
-  lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-  tx = create_optimizer(config.optimizer, lr)
-  train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
-  train_fn, eval_fn = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(num_classes),
-                                mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
-                                label_smoothing=0.0)
-  return state, train_fn, eval_fn
+  return jitted.steps_for(create_model('cifar_resnet20', num_classes, width=4), config.optimizer,
+                          num_classes)
 
 
 def test_train_steps_fit_a_fixed_batch(config):

@@ -7,13 +7,11 @@ import pytest
 import torch
 from flax import nnx
 
-from jaxcls.metrics import eval_metrics_class
 from jaxcls.models import create_model, list_models
 from jaxcls.models.vgg import adaptive_avg_pool
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.pretrained import CheckpointMismatchError, load_state_dict
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.pretrained import load_state_dict
 
+import jitted
 import parity
 import torch_vgg
 
@@ -164,15 +162,8 @@ def test_dropout_is_active_in_train_mode_only():
 
 def test_jitted_train_step_runs_with_dropout_and_batch_norm(config):
   model = create_model('vgg11_bn', 10, width=8)
-  lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-  tx = create_optimizer(config.optimizer, lr)
-  train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
-  train_fn, eval_fn = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),
-                                mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
-                                label_smoothing=0.0)
-  rng = np.random.default_rng(0)
-  batch = dict(image=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-               label=rng.integers(0, 10, (8,), dtype=np.int32), mask=np.ones((8,), bool))
+  state, train_fn, eval_fn = jitted.steps_for(model, config.optimizer)
+  batch = jitted.random_batch(8, 32)
   count = lambda s: int(s.model_state['classifier']['layers'][2]['rngs']['count'][...])  # noqa: E731
   before = count(state)
   state, metrics = train_fn(state, batch)
