@@ -12,6 +12,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from jaxcls.data import sampling
 from jaxcls.data import transforms
 
 
@@ -25,6 +26,11 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return steps
 
 
+def train_epoch_length(num_train: int, data_config) -> int:
+  """Examples per train epoch: `data.epoch_examples`, or 0: the split's size."""
+  return data_config.epoch_examples or num_train
+
+
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
     raise ValueError(f'Global batch size {global_batch_size} is not divisible '
@@ -32,11 +38,40 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _epoch_seeds(seed: int, epoch: int) -> tuple[int, int]:
-  """Independent (shuffle, augmentation) seeds for one epoch."""
-  shuffle_seed, augment_seed = np.random.SeedSequence(
-      [seed, epoch]).generate_state(2)
-  return int(shuffle_seed), int(augment_seed)
+def _epoch_seeds(seed: int, epoch: int) -> tuple[int, int, int]:
+  """Independent (shuffle, augmentation, resized-crop) seeds for one epoch."""
+  return tuple(int(s) for s in np.random.SeedSequence(
+      [seed, epoch]).generate_state(3))
+
+
+class _Reindexed:
+  """Example `indices[i]` of `source` at position i (picklable for workers)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source = source
+    self._indices = indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self._source[int(self._indices[index])]
+
+
+def _epoch_order(source, data_config, num_examples: int,
+                 shuffle_seed: int) -> grain.MapDataset:
+  """The epoch's examples in order: `data.sampler`, `data.epoch_examples`."""
+  if data_config.sampler == 'balanced':
+    labels = sampling.source_labels(source)
+    indices = sampling.balanced_indices(labels, num_examples, shuffle_seed)
+  elif data_config.sampler == 'uniform':
+    if num_examples == len(source):
+      return grain.MapDataset.source(source).shuffle(seed=shuffle_seed)
+    indices = sampling.uniform_indices(len(source), num_examples, shuffle_seed)
+  else:
+    raise ValueError(f'data.sampler={data_config.sampler!r}: expected one of '
+                     f'{sampling.SAMPLERS}')
+  return grain.MapDataset.source(_Reindexed(source, indices))
 
 
 def _to_iterator(ds: grain.MapDataset, data_config) -> Iterator[dict]:
@@ -62,21 +97,32 @@ def train_batches(source, data_config, *, global_batch_size: int, seed: int,
   """Yields this process's batches k = start_step, ... of one train epoch.
 
   Batch k of every process together holds positions [k * B, (k + 1) * B) of
-  the epoch's global permutation (B = global_batch_size), whatever the number
-  of processes, so a run can resume on a different number of hosts.
+  the epoch's global order (B = global_batch_size), whatever the number of
+  processes, so a run can resume on a different number of hosts. The order
+  is a shuffle of the split, or `data.epoch_examples` drawn by `data.sampler`
+  (see `jaxcls.data.sampling`); the epoch has
+  `steps_per_epoch(train_epoch_length(len(source), data_config), B)` steps.
   """
-  steps = steps_per_epoch(len(source), global_batch_size)
+  num_examples = train_epoch_length(len(source), data_config)
+  steps = steps_per_epoch(num_examples, global_batch_size)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  shuffle_seed, augment_seed = _epoch_seeds(seed, epoch)
-  ds = grain.MapDataset.source(source).shuffle(seed=shuffle_seed)
+  shuffle_seed, augment_seed, crop_seed = _epoch_seeds(seed, epoch)
+  ds = _epoch_order(source, data_config, num_examples, shuffle_seed)
   ds = ds[:steps * global_batch_size]
-  ds = ds.map(transforms.Resize(data_config.image_size,
-                                data_config.resize_size))
-  # Before the per-process slice, so an example's augmentation depends on its
-  # position in the global permutation, not on the process count.
+  # Random maps before the per-process slice, so an example's augmentation
+  # depends on its position in the global order, not on the process count.
+  augment = data_config.augment
+  if augment.random_resized_crop:
+    ds = ds.random_map(
+        transforms.RandomResizedCrop(
+            data_config.image_size, tuple(augment.random_resized_crop_scale),
+            tuple(augment.random_resized_crop_ratio)),
+        seed=crop_seed)
+  else:
+    ds = ds.map(transforms.Resize(data_config.image_size,
+                                  data_config.resize_size))
   ds = ds.random_map(
-      transforms.Augment(data_config.augment.random_crop_padding,
-                         data_config.augment.horizontal_flip),
+      transforms.Augment(augment.random_crop_padding, augment.horizontal_flip),
       seed=augment_seed)
   ds = ds[process_index::process_count]
   ds = ds.batch(local_batch_size, drop_remainder=True)

@@ -6,6 +6,7 @@ a small picklable class so that Grain's worker processes can receive it.
 """
 
 import dataclasses
+import math
 
 import grain
 import numpy as np
@@ -49,6 +50,40 @@ def random_crop(image: np.ndarray, padding: int, rng: np.random.Generator):
   return padded[top:top + height, left:left + width]
 
 
+def random_resized_crop_box(height: int, width: int, scale, ratio,
+                            rng: np.random.Generator):
+  """(top, left, crop height, crop width) as torchvision's RandomResizedCrop.
+
+  Area fraction uniform in `scale` and aspect ratio (width / height)
+  log-uniform in `ratio`; after ten draws that do not fit, the largest
+  center crop whose ratio lies within `ratio`.
+  """
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    area = height * width * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(*log_ratio))
+    crop_w = round(math.sqrt(area * aspect))
+    crop_h = round(math.sqrt(area / aspect))
+    if 0 < crop_w <= width and 0 < crop_h <= height:
+      top = int(rng.integers(0, height - crop_h + 1))
+      left = int(rng.integers(0, width - crop_w + 1))
+      return top, left, crop_h, crop_w
+  aspect = min(max(width / height, ratio[0]), ratio[1])
+  crop_w = min(width, round(height * aspect))
+  crop_h = min(height, round(width / aspect))
+  return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def random_resized_crop(image: np.ndarray, image_size: int, scale, ratio,
+                        rng: np.random.Generator):
+  """A `random_resized_crop_box` of `image`, resized to `image_size` squared."""
+  top, left, crop_h, crop_w = random_resized_crop_box(
+      *image.shape[:2], scale, ratio, rng)
+  crop = image[top:top + crop_h, left:left + crop_w]
+  return np.asarray(Image.fromarray(crop).resize(
+      (image_size, image_size), Image.Resampling.BILINEAR))
+
+
 def random_flip(image: np.ndarray, rng: np.random.Generator):
   """Mirrors left-right with probability 0.5."""
   return image[:, ::-1] if rng.random() < 0.5 else image
@@ -62,6 +97,19 @@ class Resize(grain.transforms.Map):
 
   def map(self, element):
     image = resize(element['image'], self.image_size, self.resize_size)
+    return {**element, 'image': np.ascontiguousarray(image)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomResizedCrop(grain.transforms.RandomMap):
+  """`random_resized_crop` on the 'image' of an example (not `Resize`)."""
+  image_size: int
+  scale: tuple[float, float] = (0.08, 1.0)
+  ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = random_resized_crop(element['image'], self.image_size, self.scale,
+                                self.ratio, rng)
     return {**element, 'image': np.ascontiguousarray(image)}
 
 
