@@ -57,13 +57,71 @@ def get_config() -> ml_collections.ConfigDict:
   # pretrained weights were trained with, or 0.5 and 0.25 without them.
   data.mean = ()
   data.std = ()
-  # Train-split augmentation (val/test are only resized and cropped).
-  data.augment = ml_collections.ConfigDict()
+  # Train-split augmentation (val/test are only resized and cropped). Every op
+  # but the crop padding is off by default. Random resized crop, crop padding
+  # and flip run on the host (Grain); the rest run on the device inside the
+  # train step (`jaxcls.data.device_augment`, in this order: policy, affine,
+  # colour jitter, grayscale, blur, noise, erasing), each example drawing its
+  # own parameters. Pixel units are fractions of the [0, 255] range.
+  data.augment = aug = ml_collections.ConfigDict()
+  # Instead of the resize: crop a random area fraction `scale` of the source
+  # image with aspect ratio (width / height) log-uniform in `ratio`, then
+  # resize to `image_size` (torchvision's RandomResizedCrop).
+  aug.random_resized_crop = False
+  aug.random_resized_crop_scale = (0.08, 1.0)
+  aug.random_resized_crop_ratio = (3 / 4, 4 / 3)
   # Zero-pad each side by this many pixels, then crop back at random (0: off).
-  data.augment.random_crop_padding = 2
+  aug.random_crop_padding = 2
   # Mirror left-right with probability 0.5 (off for digits: a mirrored 2 is
   # not a 2).
-  data.augment.horizontal_flip = False
+  aug.horizontal_flip = False
+  # Random affine warp about the centre, bilinear, filled with black: rotation
+  # uniform in +-`affine_degrees`, shift uniform in +-`affine_translate` of
+  # the side, zoom uniform in `affine_scale`, x-shear in +-`affine_shear`
+  # degrees (torchvision's RandomAffine).
+  aug.affine_degrees = 0.0
+  aug.affine_translate = 0.0
+  aug.affine_scale = (1.0, 1.0)
+  aug.affine_shear = 0.0
+  # Colour jitter (torchvision's ColorJitter): brightness, contrast and
+  # saturation factors uniform in [max(0, 1 - x), 1 + x]; hue shifted by up
+  # to +-`hue` of a full turn (at most 0.5).
+  aug.brightness = 0.0
+  aug.contrast = 0.0
+  aug.saturation = 0.0
+  aug.hue = 0.0
+  # Probability of converting to grayscale (kept as 3 equal channels).
+  aug.grayscale_prob = 0.0
+  # Gaussian blur with probability `blur_prob`, sigma (pixels) uniform in
+  # `blur_sigma`, an odd `blur_kernel_size` square kernel, edges reflected.
+  aug.blur_prob = 0.0
+  aug.blur_sigma = (0.1, 2.0)
+  aug.blur_kernel_size = 5
+  # Std of additive Gaussian pixel noise (0: off).
+  aug.noise_std = 0.0
+  # Random erasing (Zhong et al. 2020) with probability `erasing_prob`: a box
+  # of area fraction uniform in `erasing_scale`, aspect (height / width)
+  # log-uniform in `erasing_ratio`, filled with `erasing_value` (negative:
+  # uniform random noise per pixel, timm's mode='pixel').
+  aug.erasing_prob = 0.0
+  aug.erasing_scale = (0.02, 1 / 3)
+  aug.erasing_ratio = (0.3, 3.3)
+  aug.erasing_value = -1.0
+  # Augmentation policy: '' (none), 'randaugment' (Cubuk et al. 2020:
+  # `policy_num_ops` ops per image drawn from 14, each at `policy_magnitude`
+  # out of 30) or 'trivialaugment' (Muller & Hutter 2021: one op per image
+  # at a random magnitude, wider ranges; num_ops and magnitude unused).
+  aug.policy = ''
+  aug.policy_num_ops = 2
+  aug.policy_magnitude = 9
+  # Order of train examples: 'uniform' (each example once per epoch, shuffled)
+  # or 'balanced' (every class equally often per epoch, minority classes
+  # oversampled and majority ones subsampled, cycling through each class's
+  # examples in a fresh random order), deterministic given `seed` and epoch.
+  data.sampler = 'uniform'
+  # Examples per train epoch (0: the train split's size); sets the steps per
+  # epoch together with `train.batch_size`.
+  data.epoch_examples = 0
   # Grain worker processes (0: read and transform in this process).
   data.num_workers = 0
   # Threads that read and transform examples in each process.
@@ -88,6 +146,57 @@ def get_config() -> ml_collections.ConfigDict:
   # Compute dtype of activations: 'float32' or 'bfloat16'. Parameters, the
   # optimizer state and the loss stay in float32.
   model.dtype = 'float32'
+  # Classifier head: 'linear' (the architecture's own: one Linear for the
+  # ResNets and ConvNeXts, torchvision's three-layer classifier for VGG) or
+  # 'mlp' (pooled features -> Dense(head_hidden) -> ReLU -> Dropout(head_dropout)
+  # -> Dense(classes)), freshly initialised on top of the pretrained backbone.
+  model.head = 'linear'
+  model.head_hidden = 512
+  model.head_dropout = 0.5
+
+  # --------------------------------------------------------- fine-tuning ---
+  # Which parameter groups train, and how fast. Every model names its groups
+  # from input to output: ResNet stem, stage1..stage4, head; VGG block1..block5,
+  # head (its classifier); ConvNeXt stem, stage1..stage4, head; CIFAR ResNets
+  # stem, stage1..stage3, head. Frozen groups get no update and no weight
+  # decay, cost no backward pass, and their BatchNorm layers use (and keep)
+  # their running statistics.
+  config.finetune = finetune = ml_collections.ConfigDict()
+  # 'full': everything trains. 'feature_extraction': only the head (a linear or
+  # MLP probe, see model.head). 'partial': the last `trainable_groups` groups
+  # before the head, and the head. 'gradual': groups unfreeze on a schedule.
+  finetune.strategy = 'full'
+  # For 'partial': how many groups before the head train (1: ResNet's stage4).
+  finetune.trainable_groups = 1
+  # For 'gradual': EPOCH:GROUP[,GROUP...] entries, e.g. '0:head 3:stage4
+  # 6:stage3' (a group trains from its epoch on, with fresh optimizer moments)...
+  finetune.unfreeze_schedule = ''
+  # ...or, instead, the head from epoch 0 and one more group, from the output
+  # side, every this many epochs (0: use unfreeze_schedule).
+  finetune.unfreeze_every = 0
+  # Discriminative learning rates, on top of any strategy: GROUP:MULTIPLIER
+  # entries, e.g. 'stem:0.1 stage1:0.1 head:10', multiplying the schedule's
+  # learning rate for that group...
+  finetune.lr_multipliers = ''
+  # ...and/or layer-wise decay: the head at the full rate, each group before it
+  # at `layer_decay` times the next one's (e.g. 0.7; 0: off).
+  finetune.layer_decay = 0.0
+
+  # --------------------------------------------------------------- tasks ---
+  # Several labels per image, encoded in the class names: with names ('mask',
+  # 'gender', 'age') and separator '_', the class 'incorrect_female_old' is
+  # mask=incorrect, gender=female, age=old. Empty names: one task, the class.
+  config.tasks = tasks = ml_collections.ConfigDict()
+  tasks.names = ()
+  tasks.separator = '_'
+  # 'combined': one head over the combined classes (e.g. 3x2x3 = 18), metrics
+  # also reported per task. 'heads': one head per task on the shared backbone,
+  # trained on the weighted sum of the per-task losses; its class scores are
+  # the joint log-probabilities of the combinations.
+  tasks.mode = 'combined'
+  # Weight of each task's loss in 'heads' mode, in the order of `names`
+  # (empty: all 1).
+  tasks.loss_weights = ()
 
   # ----------------------------------------------------------- optimizer ---
   config.optimizer = opt = ml_collections.ConfigDict()

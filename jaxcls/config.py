@@ -102,6 +102,21 @@ def _type_ok(value, expected) -> bool:
   return isinstance(value, expected)
 
 
+def _finetune_errors(c) -> list[str]:
+  """The fine-tuning plan against the model's own parameter groups (built abstractly)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from jaxcls import finetune  # pylint: disable=g-import-not-at-top
+  from jaxcls.models import create_model  # pylint: disable=g-import-not-at-top
+  kwargs = {'width': c.model.width} if c.model.width else {}
+  model = nnx.eval_shape(lambda: create_model(c.model.name, 2, **kwargs))
+  try:
+    finetune.plan_from_config(c.finetune, finetune.group_names(model), c.train.num_epochs)
+  except ConfigError as e:
+    return [str(e)]
+  return []
+
+
 def _value_errors(c, device_count: int) -> list[str]:
   # Imported here: the schema check above must not depend on the registries.
   from jaxcls.data.splits import parse_split  # pylint: disable=g-import-not-at-top
@@ -133,8 +148,11 @@ def _value_errors(c, device_count: int) -> list[str]:
         'expected 3 positive channel stds (or none: automatic)')
   check(c.model.pretrained is None or Path(c.model.pretrained).exists(), 'model.pretrained',
         'no such file or directory')
-  check(c.data.augment.random_crop_padding >= 0, 'data.augment.random_crop_padding',
-        'must be >= 0')
+  _check_augment(c.data.augment, check)
+  check(c.data.sampler in ('uniform', 'balanced'), 'data.sampler',
+        "expected 'uniform' or 'balanced'")
+  check(c.data.epoch_examples >= 0, 'data.epoch_examples',
+        'must be >= 0 (0: the train split\'s size)')
   check(c.data.num_workers >= 0, 'data.num_workers', 'must be >= 0')
   check(c.data.num_threads >= 1, 'data.num_threads', 'must be >= 1')
   check(c.data.prefetch >= 1, 'data.prefetch', 'must be >= 1')
@@ -142,6 +160,18 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(c.model.name in list_models(), 'model.name', f'known models: {", ".join(list_models())}')
   check(c.model.width >= 0, 'model.width', 'must be >= 0 (0: the architecture\'s own)')
   check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', "expected 'float32' or 'bfloat16'")
+  check(c.model.head in ('linear', 'mlp'), 'model.head', "expected 'linear' or 'mlp'")
+  check(c.model.head_hidden >= 1, 'model.head_hidden', 'must be >= 1')
+  check(0 <= c.model.head_dropout < 1, 'model.head_dropout', 'must be in [0, 1)')
+  if c.model.name in list_models():
+    errors += _finetune_errors(c)
+  check(c.tasks.mode in ('combined', 'heads'), 'tasks.mode', "expected 'combined' or 'heads'")
+  check(len(c.tasks.names) != 1, 'tasks.names', 'name two or more tasks, or none')
+  check(len(set(c.tasks.names)) == len(c.tasks.names), 'tasks.names', 'names must be distinct')
+  check(not c.tasks.loss_weights or len(c.tasks.loss_weights) == len(c.tasks.names),
+        'tasks.loss_weights', f'expected one weight per task in tasks.names={tuple(c.tasks.names)}')
+  check(all(w >= 0 for w in c.tasks.loss_weights), 'tasks.loss_weights', 'must be >= 0')
+  check(bool(c.tasks.separator), 'tasks.separator', 'must not be empty')
 
   check(c.optimizer.name in ('sgd', 'adamw'), 'optimizer.name', "expected 'sgd' or 'adamw'")
   check(c.optimizer.learning_rate > 0, 'optimizer.learning_rate', 'must be positive')
@@ -172,3 +202,41 @@ def _value_errors(c, device_count: int) -> list[str]:
         f'expected one of {BEST_METRICS}')
   check(c.checkpoint.best_mode in ('max', 'min'), 'checkpoint.best_mode', "expected 'max' or 'min'")
   return errors
+
+
+def _check_augment(a, check) -> None:
+  """Value checks of `config.data.augment`; `check` records the failures."""
+  def interval(field, low=0.0, high=float('inf'), low_open=True):
+    value = tuple(a[field])
+    ok = (len(value) == 2 and value[0] <= value[1] and
+          (value[0] > low if low_open else value[0] >= low) and value[1] <= high)
+    bounds = f'{"(" if low_open else "["}{low:g}, {high:g}]'
+    check(ok, f'data.augment.{field}', f'expected (low, high) with low <= high, both in {bounds}')
+
+  def probability(field):
+    check(0 <= a[field] <= 1, f'data.augment.{field}', 'must be a probability in [0, 1]')
+
+  check(a.random_crop_padding >= 0, 'data.augment.random_crop_padding', 'must be >= 0')
+  interval('random_resized_crop_scale', high=1.0)
+  interval('random_resized_crop_ratio')
+  check(0 <= a.affine_degrees <= 180, 'data.augment.affine_degrees', 'must be in [0, 180]')
+  check(0 <= a.affine_translate <= 1, 'data.augment.affine_translate',
+        'must be in [0, 1] (a fraction of the side)')
+  interval('affine_scale')
+  check(0 <= a.affine_shear < 90, 'data.augment.affine_shear', 'must be in [0, 90) degrees')
+  for field in ('brightness', 'contrast', 'saturation', 'noise_std'):
+    check(a[field] >= 0, f'data.augment.{field}', 'must be >= 0 (0: off)')
+  check(0 <= a.hue <= 0.5, 'data.augment.hue', 'must be in [0, 0.5] (a fraction of a turn)')
+  for field in ('grayscale_prob', 'blur_prob', 'erasing_prob'):
+    probability(field)
+  interval('blur_sigma')
+  check(a.blur_kernel_size >= 3 and a.blur_kernel_size % 2 == 1, 'data.augment.blur_kernel_size',
+        'must be odd and >= 3')
+  interval('erasing_scale', high=1.0)
+  interval('erasing_ratio')
+  check(a.erasing_value <= 1, 'data.augment.erasing_value',
+        'must be <= 1 (a fill in [0, 1], or negative: random noise)')
+  check(a.policy in ('', 'randaugment', 'trivialaugment'), 'data.augment.policy',
+        "expected '', 'randaugment' or 'trivialaugment'")
+  check(a.policy_num_ops >= 1, 'data.augment.policy_num_ops', 'must be >= 1')
+  check(0 <= a.policy_magnitude <= 30, 'data.augment.policy_magnitude', 'must be in [0, 30]')

@@ -1,5 +1,7 @@
 """Optimizer and learning-rate schedule from the config."""
 
+from collections.abc import Mapping, Sequence
+
 import jax
 import ml_collections
 import optax
@@ -39,8 +41,8 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(opt_config: ml_collections.ConfigDict,
-                     learning_rate: optax.Schedule) -> optax.GradientTransformation:
+def _group_optimizer(opt_config: ml_collections.ConfigDict,
+                     learning_rate: float) -> optax.GradientTransformation:
   if opt_config.name == 'sgd':
     return optax.chain(
         optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask),
@@ -50,3 +52,33 @@ def create_optimizer(opt_config: ml_collections.ConfigDict,
     return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2,
                        weight_decay=opt_config.weight_decay, mask=decay_mask)
   raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'sgd' or 'adamw'")
+
+
+def create_optimizer(opt_config: ml_collections.ConfigDict, labels=None,
+                     trainable: Sequence[str] | None = None,
+                     lr_multipliers: Mapping[str, float] | None = None
+                     ) -> optax.GradientTransformation:
+  """SGD or AdamW per parameter group, at unit learning rate times the group's multiplier.
+
+  The schedule's learning rate multiplies the updates in the train step
+  (`steps.train_step`), not here: every optimizer here applies its learning
+  rate last, so that is the same update, and the groups' optimizer states
+  stay independent of the step. That lets a group unfrozen at epoch 6 start
+  fresh moments without restarting its schedule.
+
+  Args:
+    opt_config: `config.optimizer`.
+    labels: a tree like the params holding each parameter's group name
+      (`finetune.param_labels`); None: one group, 'all'.
+    trainable: the groups that train; the others get `optax.set_to_zero()`:
+      no update, no weight decay, no optimizer state. None: all.
+    lr_multipliers: group -> multiplier of the learning rate (default 1).
+  """
+  if labels is None:
+    return _group_optimizer(opt_config, (lr_multipliers or {}).get('all', 1.0))
+  groups = sorted(set(jax.tree.leaves(labels)))
+  trainable = groups if trainable is None else trainable
+  lr_multipliers = lr_multipliers or {}
+  transforms = {g: (_group_optimizer(opt_config, lr_multipliers.get(g, 1.0)) if g in trainable
+                    else optax.set_to_zero()) for g in groups}
+  return optax.multi_transform(transforms, labels)

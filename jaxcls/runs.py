@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
+from jaxcls import finetune
 from jaxcls.checkpointing import Checkpointer
-from jaxcls.models import create_model
+from jaxcls.models import model_from_config
 from jaxcls.optim import create_optimizer
 from jaxcls.steps import create_train_state, normalize
+from jaxcls.tasks import tasks_from_class_names
 
 
 @dataclasses.dataclass
@@ -60,12 +61,13 @@ def load_run(workdir: str | Path, step: int | str = 'best') -> Run:
     if step is None:
       raise FileNotFoundError(f'{workdir} has no checkpoint yet')
     meta = checkpointer.restore_meta(step)
-    kwargs = dict(dtype=config.model.dtype)
-    if config.model.width:
-      kwargs['width'] = config.model.width
-    model = create_model(config.model.name, len(meta['class_names']), **kwargs)
-    # Any schedule gives the optimizer state the run saved; its values are restored.
-    tx = create_optimizer(config.optimizer, optax.constant_schedule(config.optimizer.learning_rate))
+    tasks = tasks_from_class_names(meta['class_names'], config.tasks.names,
+                                   config.tasks.separator)
+    model = model_from_config(config.model, meta['class_names'],
+                              tasks if config.tasks.mode == 'heads' else None, pretrained=False)
+    # The optimizer of the saved fine-tuning phase gives the saved state's shape.
+    labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
+    tx = create_optimizer(config.optimizer, labels, meta['trainable_groups'])
     _, eval_graph, like = create_train_state(model, tx, config.seed)
     state, _ = checkpointer.restore(int(step), like)
   finally:

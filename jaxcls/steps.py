@@ -17,6 +17,7 @@ from clu import metrics as clu_metrics
 from flax import nnx
 
 from jaxcls.metrics import TrainMetrics
+from jaxcls.models.heads import get_submodule
 
 
 @flax.struct.dataclass
@@ -64,25 +65,68 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def multitask_loss(model: nnx.Module, images: jax.Array, labels: jax.Array,
+                   weights: Sequence[float], label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+  """(sum_t w_t * mean cross-entropy of task t, joint class scores) for a `MultiTaskHead`."""
+  head = get_submodule(model, model.head_name)
+  features = model.features(images)
+  task_logits = head.task_logits(features)
+  table = jnp.asarray(head.class_tasks, jnp.int32)  # [classes, tasks]
+  loss = sum(w * cross_entropy(task_logits[name].astype(jnp.float32), table[labels, t],
+                               label_smoothing).mean()
+             for t, (name, w) in enumerate(zip(head.task_names, weights)))
+  return loss, head(features).astype(jnp.float32)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, learning_rate_fn: optax.Schedule,
                mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype,
-               label_smoothing: float) -> tuple[TrainState, clu_metrics.Collection]:
+               label_smoothing: float, trainable: tuple[bool, ...] | None = None,
+               task_loss_weights: tuple[float, ...] | None = None,
+               metrics_cls: type[clu_metrics.Collection] = TrainMetrics
+               ) -> tuple[TrainState, clu_metrics.Collection]:
+  """One optimizer step; `trainable` (one bool per params leaf, None: all) picks what trains.
+
+  Only the trainable leaves are differentiated: the frozen ones enter the loss
+  as constants, so the backward pass stops at the first trainable layer and
+  XLA never computes the frozen prefix's. Frozen leaves get zero gradients
+  (their optimizer is `optax.set_to_zero()`, so these are never used).
+
+  With `task_loss_weights`, the model's head is a `MultiTaskHead` and the loss
+  is the weighted sum of the per-task cross-entropies.
+  """
   images = normalize(batch['image'], mean, std, dtype)
   labels = batch['label']
+  leaves, treedef = jax.tree.flatten(state.params)
+  trainable = trainable or (True,) * len(leaves)
+  if len(trainable) != len(leaves):
+    raise ValueError(f'trainable mask has {len(trainable)} entries for {len(leaves)} parameters')
 
-  def loss_fn(params):
+  def loss_fn(trainable_leaves):
+    it = iter(trainable_leaves)
+    params = jax.tree.unflatten(
+        treedef, [next(it) if t else jax.lax.stop_gradient(p) for p, t in zip(leaves, trainable)])
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
-    logits = model(images).astype(jnp.float32)
-    loss = cross_entropy(logits, labels, label_smoothing).mean()
+    if task_loss_weights is None:
+      logits = model(images).astype(jnp.float32)
+      loss = cross_entropy(logits, labels, label_smoothing).mean()
+    else:
+      loss, logits = multitask_loss(model, images, labels, task_loss_weights, label_smoothing)
     return loss, (logits, nnx.split(model, nnx.Param, ...)[2])
 
-  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, model_state)), trainable_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      [p for p, t in zip(leaves, trainable) if t])
+  it = iter(trainable_grads)
+  grads = jax.tree.unflatten(
+      treedef, [next(it) if t else jnp.zeros_like(p) for p, t in zip(leaves, trainable)])
+  learning_rate = learning_rate_fn(state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # The optimizers run at unit learning rate (`optim.create_optimizer`).
+  updates = jax.tree.map(lambda u: learning_rate * u, updates)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             model_state=model_state, opt_state=opt_state)
-  step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step))
+  step_metrics = metrics_cls.single_from_model_output(
+      loss=loss, logits=logits, labels=labels, learning_rate=learning_rate)
   return new_state, step_metrics
 
 
@@ -98,12 +142,19 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.G
 
 
 def jit_steps(train_graph, eval_graph, tx, learning_rate_fn, metrics_cls, *, mean, std, dtype,
-              label_smoothing) -> tuple[Callable, Callable]:
-  """Binds the static arguments and jits; the train state's buffers are donated."""
+              label_smoothing, trainable=None, task_loss_weights=None,
+              train_metrics_cls=TrainMetrics) -> tuple[Callable, Callable]:
+  """Binds the static arguments and jits; the train state's buffers are donated.
+
+  A fine-tuning phase (its frozen groups, `trainable` mask, optimizer and
+  train graph) is static here: a schedule re-jits once per phase.
+  """
   common = dict(mean=tuple(mean), std=tuple(std), dtype=jnp.dtype(dtype))
   train = jax.jit(
       lambda s, b: train_step(s, b, graphdef=train_graph, tx=tx, learning_rate_fn=learning_rate_fn,
-                              label_smoothing=label_smoothing, **common),
+                              label_smoothing=label_smoothing, trainable=trainable,
+                              task_loss_weights=task_loss_weights, metrics_cls=train_metrics_cls,
+                              **common),
       donate_argnums=0)
   evaluate = jax.jit(lambda s, b: eval_step(s, b, graphdef=eval_graph, metrics_cls=metrics_cls,
                                             **common))

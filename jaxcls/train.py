@@ -7,6 +7,7 @@ RNG, and the data position is derived from the step, so the resumed run sees
 the same batches an uninterrupted one would.
 """
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -17,14 +18,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import parameter_overview
+from flax import nnx
 
-from jaxcls import data, parallel
+from jaxcls import data, finetune, parallel
 from jaxcls.checkpointing import Checkpointer
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
-from jaxcls.metrics import eval_metrics_class
-from jaxcls.models import create_model
+from jaxcls.metrics import eval_metrics_class, train_metrics_class
+from jaxcls.models import model_from_config
 from jaxcls.optim import create_optimizer, learning_rate_schedule
 from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.tasks import tasks_from_class_names
 from jaxcls.writers import ProgressReporter, create_writer
 
 
@@ -71,35 +74,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('data %s: %d classes; train %d, val %d, test %d', config.data.source, num_classes,
                len(dataset.train), len(dataset.val), len(dataset.test))
 
-  model_kwargs = dict(dtype=config.model.dtype)
-  if config.model.width:
-    model_kwargs['width'] = config.model.width
-  model = create_model(config.model.name, num_classes, seed=config.seed,
-                       pretrained=config.model.pretrained, **model_kwargs)
+  tasks = tasks_from_class_names(dataset.class_names, config.tasks.names, config.tasks.separator)
+  heads_per_task = tasks is not None and config.tasks.mode == 'heads'
+  model = model_from_config(config.model, dataset.class_names, tasks if heads_per_task else None,
+                            seed=config.seed)
   if config.model.pretrained:
     logging.info('%s weights from %s (input %d, mean %s, std %s)', config.model.name,
                  config.model.pretrained, config.data.image_size, config.data.mean, config.data.std)
+  if tasks is not None:
+    logging.info('tasks (%s): %s', config.tasks.mode,
+                 ', '.join(f'{n} {v}' for n, v in zip(tasks.names, tasks.values)))
 
   batch_size = config.train.batch_size
   steps_per_epoch = data.steps_per_epoch(len(dataset.train), batch_size)
   num_steps = steps_per_epoch * config.train.num_epochs
   learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch,
                                             config.train.num_epochs)
-  tx = create_optimizer(config.optimizer, learning_rate_fn)
-  train_graph, eval_graph, state = create_train_state(model, tx, config.seed)
+  plan = finetune.plan_from_config(config.finetune, finetune.group_names(model),
+                                   config.train.num_epochs)
+  labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
+  optimizer = lambda trainable: create_optimizer(  # noqa: E731
+      config.optimizer, labels, trainable, plan.lr_multipliers)
+
+  checkpointer = Checkpointer(str(workdir_path / 'checkpoints'), config.checkpoint)
+  latest = checkpointer.latest_step()
+  # The optimizer state has the shape of the saved phase's optimizer.
+  trainable = tuple(checkpointer.restore_meta(latest)['trainable_groups']) if latest is not None \
+      else plan.trainable_at(0)
+  train_graph, eval_graph, state = create_train_state(model, optimizer(trainable), config.seed)
   del model
   flat_params = _flat_names(state.params)
   num_params = parameter_overview.count_parameters(flat_params)
   logging.info('parameters of %s:\n%s', config.model.name,
                parameter_overview.get_parameter_overview(flat_params, include_stats=False))
+  logging.info('parameter groups: %s; fine-tuning %s: %s', ', '.join(plan.groups),
+               config.finetune.strategy, '; '.join(
+                   f'from epoch {e}: {", ".join(t)}' for e, t in plan.phases))
 
   mesh = parallel.data_mesh()
-  state = jax.device_put(state, parallel.replicated(mesh))
+  replicated = parallel.replicated(mesh)
+  state = jax.device_put(state, replicated)
   batch_sharding = parallel.batch_sharded(mesh)
 
-  checkpointer = Checkpointer(str(workdir_path / 'checkpoints'), config.checkpoint)
   history = []
-  latest = checkpointer.latest_step()
   if latest is not None:
     state, meta = checkpointer.restore(latest, state)
     if meta['steps_per_epoch'] != steps_per_epoch:
@@ -110,16 +127,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     history = meta['history']
     logging.info('resumed from the checkpoint at step %d (epoch %d)', latest, latest // steps_per_epoch)
 
-  metrics_cls = eval_metrics_class(num_classes)
-  train_fn, eval_fn = jit_steps(
-      train_graph, eval_graph, tx, learning_rate_fn, metrics_cls, mean=config.data.mean,
-      std=config.data.std, dtype=config.model.dtype, label_smoothing=config.train.label_smoothing)
+  metrics_cls = eval_metrics_class(num_classes, tasks)
+  jit_for_phase = functools.partial(
+      jit_steps, eval_graph=eval_graph, learning_rate_fn=learning_rate_fn,
+      metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
+      dtype=config.model.dtype, label_smoothing=config.train.label_smoothing,
+      task_loss_weights=(tuple(config.tasks.loss_weights) or (1.0,) * len(tasks.names))
+      if heads_per_task else None, train_metrics_cls=train_metrics_class(tasks))
+
+  enter_phase = functools.partial(finetune.enter_phase, plan=plan, labels=labels,
+                                  train_graph=train_graph, optimizer=optimizer)
+  state, phase = enter_phase(state, trainable)
+  train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
 
   step = int(state.step)
   progress = ProgressReporter(num_steps, writer, initial_step=step)
   train_seconds, first_step_seconds, images_seen = 0.0, None, 0
   start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
   for epoch in range(start_epoch, config.train.num_epochs):
+    if plan.trainable_at(epoch) != phase.trainable:  # Re-jits once per phase.
+      logging.info('epoch %d: training %s (frozen: %s)', epoch + 1,
+                   ', '.join(plan.trainable_at(epoch)), ', '.join(plan.frozen_at(epoch)) or 'none')
+      state, phase = enter_phase(state, plan.trainable_at(epoch), previous=phase)
+      train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
     epoch_started = time.monotonic()
     batches = data.train_batches(
         dataset.train, config.data, global_batch_size=batch_size, seed=config.seed, epoch=epoch,
@@ -157,13 +187,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  train_summary['accuracy'], val_metrics['loss'], val_metrics['accuracy'])
     with progress.timed('checkpoint'):
       checkpointer.save(state, meta=dict(epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
-                                         history=history, class_names=list(dataset.class_names)),
+                                         history=history, class_names=list(dataset.class_names),
+                                         trainable_groups=list(phase.trainable)),
                         metrics=val_metrics)
   progress.close()
   checkpointer.wait()
 
   best_step = checkpointer.best_step()
-  best_state, _ = checkpointer.restore(best_step, state)
+  # Shaped like the best step's phase: its optimizer state may differ from the last one's.
+  best_trainable = checkpointer.restore_meta(best_step)['trainable_groups']
+  best_state, _ = checkpointer.restore(best_step, state.replace(opt_state=jax.device_put(
+      optimizer(best_trainable).init(state.params), replicated)))
   test_metrics = evaluate(eval_fn, best_state, dataset.test, config, batch_sharding)
   best_epoch = next(h for h in history if h['step'] == best_step)
   logging.info('test (best checkpoint, epoch %d by val %s): %s', best_epoch['epoch'],
@@ -180,6 +214,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       best_step=best_step, history=history, class_names=list(dataset.class_names),
       num_params=int(num_params), num_examples=dict(train=len(dataset.train),
                                                     val=len(dataset.val), test=len(dataset.test)),
+      finetune=dict(strategy=config.finetune.strategy, groups=list(plan.groups),
+                    phases=[dict(epoch=e, trainable=list(t)) for e, t in plan.phases],
+                    lr_multipliers=dict(plan.lr_multipliers)),
+      tasks=None if tasks is None else dict(
+          mode=config.tasks.mode, names=list(tasks.names), values=[list(v) for v in tasks.values]),
       devices=dict(count=jax.device_count(), kind=jax.devices()[0].device_kind,
                    processes=jax.process_count()),
       timings=dict(total_seconds=time.monotonic() - started, train_seconds=train_seconds,
@@ -202,8 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _flat_names(tree) -> dict[str, jax.Array]:
   """{'layer1/0/conv1/kernel': array, ...}: the flat mapping clu's overview prints."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): leaf
-          for path, leaf in leaves}
+  return {finetune.path_string(path): leaf for path, leaf in leaves}
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:

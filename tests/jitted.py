@@ -10,7 +10,7 @@ from jaxcls.steps import create_train_state, jit_steps
 def steps_for(model, optimizer_config, num_classes=10, label_smoothing=0.0):
   """-> (train state, jitted train step, jitted eval step) as the trainer builds them."""
   lr = learning_rate_schedule(optimizer_config, steps_per_epoch=10, num_epochs=3)
-  tx = create_optimizer(optimizer_config, lr)
+  tx = create_optimizer(optimizer_config)
   train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
   train_fn, eval_fn = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(num_classes),
                                 mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',

@@ -101,7 +101,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent('''
     def one_step(devices):
       model = create_model('cifar_resnet20', 10, width=4)
       lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-      tx = create_optimizer(config.optimizer, lr)
+      tx = create_optimizer(config.optimizer)
       train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
       train_fn, _ = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),
                               mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
@@ -121,7 +121,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent('''
     moved = max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(one_state.params),
         jax.tree.leaves(create_train_state(create_model('cifar_resnet20', 10, width=4),
-                                           create_optimizer(config.optimizer, 0.1), 0)[2].params)))
+                                           create_optimizer(config.optimizer), 0)[2].params)))
     assert moved > 1e-3, moved
     print('OK', one_metrics['loss'], four_metrics['loss'])
 ''')

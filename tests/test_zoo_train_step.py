@@ -25,7 +25,7 @@ def test_one_train_step_changes_the_parameters(name, config):
   config.optimizer.warmup_epochs = 0
   model = create_model(name, 10, **_narrow(name))
   lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=1)
-  tx = create_optimizer(config.optimizer, lr)
+  tx = create_optimizer(config.optimizer)
   train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
   before = jax.device_get(state.params)
   train_fn, _ = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),

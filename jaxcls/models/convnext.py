@@ -171,6 +171,15 @@ class ConvNeXt(nnx.Module):
   """
 
   head_name = 'classifier.2'
+  # Parameter groups from input to output. A stage's group includes the
+  # downsampling in front of it (as in timm); the head is the LayerNorm of the
+  # pooled features and the Linear, wherever nnx finds the shared norm.
+  group_patterns = (('stem', r'features/layers/0(/|$)'),
+                    ('stage1', r'features/layers/1(/|$)'),
+                    ('stage2', r'features/layers/(2|3)(/|$)'),
+                    ('stage3', r'features/layers/(4|5)(/|$)'),
+                    ('stage4', r'features/layers/(6|7)(/|$)'),
+                    ('head', r'(classifier|features/head_norm)(/|$)'))
   checkpoint_layouts = {'timm': timm_to_canonical}
 
   def __init__(self, *, depths: Sequence[int], dims: Sequence[int], num_classes: int,

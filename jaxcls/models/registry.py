@@ -48,3 +48,39 @@ def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
     from jaxcls.pretrained.store import load_pretrained  # pylint: disable=g-import-not-at-top
     load_pretrained(model, pretrained, arch=name)
   return model
+
+
+def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
+                      pretrained: bool = True) -> nnx.Module:
+  """The model `config.model` describes, for these classes, with its configured head.
+
+  Args:
+    model_config: `config.model`.
+    class_names: the data set's classes (their count sizes the head).
+    tasks: `jaxcls.tasks.Tasks` with `config.tasks.mode == 'heads'`: one head
+      per task (a `MultiTaskHead`); None: one head over the classes.
+    seed: initialisation seed.
+    pretrained: load `model_config.pretrained` (off to build a skeleton that
+      a checkpoint restore fills anyway).
+
+  Pretrained weights load into the architecture's own head first (kept when
+  the classes match), then a configured MLP or multi-task head replaces it.
+  """
+  from jaxcls.models import heads  # pylint: disable=g-import-not-at-top
+  kwargs = dict(dtype=model_config.dtype)
+  if model_config.width:
+    kwargs['width'] = model_config.width
+  model = create_model(model_config.name, len(class_names), seed=seed,
+                       pretrained=model_config.pretrained if pretrained else None, **kwargs)
+  # A separate stream, so the backbone's initialisation does not depend on the head.
+  rngs = nnx.Rngs(params=seed + 1, dropout=seed + 2)
+  in_features = heads.head_in_features(model)
+  if tasks is not None:
+    heads.replace_head(model, heads.MultiTaskHead(
+        in_features, list(zip(tasks.names, tasks.sizes)), tasks.class_tasks,
+        dtype=model_config.dtype, rngs=rngs))
+  elif model_config.head == 'mlp':
+    heads.replace_head(model, heads.MLPHead(
+        in_features, model_config.head_hidden, len(class_names),
+        dropout_rate=model_config.head_dropout, dtype=model_config.dtype, rngs=rngs))
+  return model

@@ -98,6 +98,8 @@ class ResNet(nnx.Module):
   expansion).
   """
 
+  head_name = 'fc'
+
   def __init__(self, stage_sizes: Sequence[int], block_cls: type[nnx.Module], *,
                num_classes: int, width: int = 64, stem: str = 'imagenet',
                dtype: str | jnp.dtype = 'float32', zero_init_residual: bool = False,
@@ -123,6 +125,12 @@ class ResNet(nnx.Module):
       setattr(self, f'layer{i + 1}', nnx.List(blocks))
     self.num_features = in_ch
     self.fc = nnx.Linear(in_ch, num_classes, kernel_init=_linear_init, dtype=dtype, rngs=rngs)
+
+  @property
+  def group_patterns(self) -> tuple[tuple[str, str], ...]:
+    """Parameter groups from input to output, by module path: stem, stage1..N, head."""
+    stages = tuple((f'stage{i}', rf'layer{i}(/|$)') for i in range(1, self.num_stages + 1))
+    return (('stem', r'(conv1|bn1)(/|$)'),) + stages + (('head', r'fc(/|$)'),)
 
   def feature_map(self, x: jax.Array) -> jax.Array:
     """Images [batch, height, width, 3] -> the last stage's activations, before pooling."""

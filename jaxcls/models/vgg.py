@@ -138,10 +138,14 @@ class VGG(nnx.Module):
       raise ValueError(f'width must be positive, got {width}')
     dtype = jnp.dtype(dtype)
     layers, in_ch = [], 3
+    block_layers = [[]]  # Indices into `features.layers` of each block (ending in a max-pool).
     for v in _CFGS[cfg]:
       if v == 'M':
+        block_layers[-1].append(len(layers))
         layers.append(MaxPool())
+        block_layers.append([])
         continue
+      block_layers[-1].extend(range(len(layers), len(layers) + (3 if batch_norm else 2)))
       out_ch = v * width // 64
       layers.append(nnx.Conv(in_ch, out_ch, (3, 3), padding=((1, 1), (1, 1)),
                              kernel_init=_conv_init, bias_init=nnx.initializers.zeros,
@@ -151,6 +155,12 @@ class VGG(nnx.Module):
         layers.append(nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs))
       layers.append(ReLU())
       in_ch = out_ch
+    # Parameter groups from input to output: block1..block5, then the head
+    # (torchvision's `classifier`, or `fc` with head='gap').
+    self.group_patterns = tuple(
+        (f'block{i + 1}', rf'features/layers/({"|".join(map(str, indices))})(/|$)')
+        for i, indices in enumerate(block_layers) if indices) + (
+            ('head', r'(classifier|fc)(/|$)'),)
     self.features = Features(layers, pooling='gap' if head == 'gap' else 'adaptive')
     linear = functools.partial(nnx.Linear, kernel_init=_linear_init,
                                bias_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)

@@ -1,0 +1,68 @@
+"""Several labels per image, encoded in the class names ('incorrect_female_old').
+
+A face data set labelled by mask (3 values), gender (2) and age (3) is one
+folder per combination: 18 classes. `Tasks` decodes each combined class into
+its per-task values, so a model can be trained either with one head over the
+18 classes or with one head per task, and reported per task in both cases.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from clu import metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Tasks:
+  names: tuple[str, ...]
+  # values[t]: the sorted class values of task t.
+  values: tuple[tuple[str, ...], ...]
+  # class_tasks[c, t]: index into values[t] of combined class c.
+  class_tasks: np.ndarray
+
+  @property
+  def sizes(self) -> tuple[int, ...]:
+    return tuple(len(v) for v in self.values)
+
+  def decode(self, classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Combined class indices -> {task: per-task class indices}."""
+    classes = np.asarray(classes)
+    return {name: self.class_tasks[classes, t] for t, name in enumerate(self.names)}
+
+
+def tasks_from_class_names(class_names: Sequence[str], names: Sequence[str],
+                           separator: str) -> Tasks | None:
+  """Splits every class name into one value per task; None for a single task."""
+  if not names:
+    return None
+  parts = []
+  for class_name in class_names:
+    split = class_name.split(separator)
+    if len(split) != len(names):
+      from jaxcls.config import ConfigError  # pylint: disable=g-import-not-at-top
+      raise ConfigError(
+          f'config.tasks.names={tuple(names)}: class {class_name!r} does not split into '
+          f'{len(names)} values at {separator!r} (config.tasks.separator)')
+    parts.append(split)
+  values = tuple(tuple(sorted({p[t] for p in parts})) for t in range(len(names)))
+  class_tasks = np.array([[values[t].index(p[t]) for t in range(len(names))] for p in parts],
+                         np.int32).reshape(len(parts), len(names))
+  return Tasks(names=tuple(names), values=values, class_tasks=class_tasks)
+
+
+def task_metric_fields(tasks: Tasks | None) -> dict[str, type[metrics.Metric]]:
+  """'{task}_accuracy' metrics from the combined class scores, for any head."""
+  if tasks is None:
+    return {}
+  fields = {}
+  for t, name in enumerate(tasks.names):
+    table = tuple(int(i) for i in tasks.class_tasks[:, t])
+
+    def correct(logits, labels, table=table, **_):
+      index = jnp.asarray(table, jnp.int32)
+      return (index[jnp.argmax(logits, axis=-1)] == index[labels]).astype(jnp.float32)
+
+    fields[f'{name}_accuracy'] = metrics.Average.from_fun(correct)
+  return fields
