@@ -20,15 +20,15 @@ class ConfigError(ValueError):
   """A config with unknown keys, wrong types or impossible values."""
 
 
-def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-  """Runs `get_config()` of a config file, as `--config PATH` does."""
+def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Runs `get_config()` of a config file, as `--config PATH` does (`get_config(arg)`: PATH:ARG)."""
   path = Path(path)
   if not path.is_file():
     raise ConfigError(f'config file {str(path)!r} does not exist')
   spec = importlib.util.spec_from_file_location(f'_jaxcls_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config() if arg is None else module.get_config(arg)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -147,7 +147,8 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(len(c.data.std) in (0, 3) and all(s > 0 for s in c.data.std), 'data.std',
         'expected 3 positive channel stds (or none: automatic)')
   check(c.model.pretrained is None or Path(c.model.pretrained).exists(), 'model.pretrained',
-        'no such file or directory')
+        'no such file or directory (convert PyTorch weights once with `python -m jaxcls.convert '
+        f'--model {c.model.name} --src FILE.pth --out DIR`, then pass DIR)')
   _check_augment(c.data.augment, check)
   check(c.data.sampler in ('uniform', 'balanced'), 'data.sampler',
         "expected 'uniform' or 'balanced'")
@@ -195,6 +196,8 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(0 <= c.train.label_smoothing < 1, 'train.label_smoothing', 'must be in [0, 1)')
   check(c.train.log_every_steps >= 1, 'train.log_every_steps', 'must be >= 1')
 
+  _check_regularization(c, check)
+
   check(c.evaluate.tta_crops in (1, 5), 'evaluate.tta_crops', 'expected 1 or 5')
   check(c.evaluate.top_k_checkpoints >= 1, 'evaluate.top_k_checkpoints', 'must be >= 1')
   check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
@@ -240,3 +243,57 @@ def _check_augment(a, check) -> None:
         "expected '', 'randaugment' or 'trivialaugment'")
   check(a.policy_num_ops >= 1, 'data.augment.policy_num_ops', 'must be >= 1')
   check(0 <= a.policy_magnitude <= 30, 'data.augment.policy_magnitude', 'must be in [0, 30]')
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted fields, {'finetune.strategy': 'partial', ...}, as `--config.x.y=v` would."""
+  for field, value in overrides.items():
+    *groups, name = field.split('.')
+    target = config
+    for group in groups:
+      target = target[group]
+    if name not in target:
+      raise ConfigError(f'config.{field}: unknown field')
+    target[name] = value
+  return config
+
+
+def _check_regularization(c, check) -> None:
+  """Value checks of `config.mixup`, `loss`, `plateau` and `early_stopping`."""
+  from jaxcls import losses  # pylint: disable=g-import-not-at-top
+  m = c.mixup
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    check(m[field] >= 0, f'mixup.{field}', 'must be >= 0 (0: off)')
+  for field in ('prob', 'switch_prob'):
+    check(0 <= m[field] <= 1, f'mixup.{field}', 'must be a probability in [0, 1]')
+  check(m.mode in ('batch', 'elem'), 'mixup.mode', "expected 'batch' or 'elem'")
+
+  loss = c.loss
+  check(loss.name in losses.LOSSES, 'loss.name', f'expected one of {losses.LOSSES}')
+  check(loss.focal_gamma >= 0, 'loss.focal_gamma', 'must be >= 0')
+  check(all(a >= 0 for a in loss.focal_alpha), 'loss.focal_alpha', 'must be >= 0')
+  check(loss.class_weights in ('none', *losses.CLASS_WEIGHTINGS), 'loss.class_weights',
+        f"expected 'none' or one of {losses.CLASS_WEIGHTINGS}")
+  check(0 <= loss.class_weights_beta < 1, 'loss.class_weights_beta', 'must be in [0, 1)')
+  heads = bool(c.tasks.names) and c.tasks.mode == 'heads'
+  check(not heads or loss.class_weights == 'none', 'loss.class_weights',
+        "weights the combined classes, which tasks.mode='heads' does not train on")
+  check(not heads or len(loss.focal_alpha) <= 1, 'loss.focal_alpha',
+        "one alpha per combined class does not fit tasks.mode='heads': give one value or none")
+
+  metric_error = f'expected a validation metric {BEST_METRICS} or empty (checkpoint.best_metric)'
+  mode_error = "expected 'max', 'min' or empty (checkpoint.best_mode)"
+  p = c.plateau
+  check(p.metric in ('', *BEST_METRICS), 'plateau.metric', metric_error)
+  check(p.mode in ('', 'max', 'min'), 'plateau.mode', mode_error)
+  check(0 < p.factor < 1, 'plateau.factor', 'must be in (0, 1)')
+  check(p.patience >= 1, 'plateau.patience', 'must be >= 1')
+  check(p.threshold >= 0, 'plateau.threshold', 'must be >= 0')
+  check(p.threshold_mode in ('rel', 'abs'), 'plateau.threshold_mode', "expected 'rel' or 'abs'")
+  check(p.cooldown >= 0, 'plateau.cooldown', 'must be >= 0')
+  check(0 <= p.min_scale <= 1, 'plateau.min_scale', 'must be in [0, 1]')
+  e = c.early_stopping
+  check(e.patience >= 0, 'early_stopping.patience', 'must be >= 0 (0: off)')
+  check(e.min_delta >= 0, 'early_stopping.min_delta', 'must be >= 0')
+  check(e.metric in ('', *BEST_METRICS), 'early_stopping.metric', metric_error)
+  check(e.mode in ('', 'max', 'min'), 'early_stopping.mode', mode_error)
