@@ -33,6 +33,7 @@ from jaxcls import data
 from jaxcls.config import ConfigError, default_config
 from jaxcls.data import transforms
 from jaxcls.report import write_report
+from jaxcls.tasks import tasks_from_class_names
 
 SPLITS = ('train', 'val', 'test')
 
@@ -281,8 +282,10 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
   unique = len({w.name for w in workdirs}) == len(workdirs)
   histories = {(w.name if unique else str(w)): training_history(w, load_run_config(w))
                for w in workdirs}
+  tasks = tasks_from_class_names(runs[0].class_names, runs[0].config.tasks.names,
+                                 runs[0].config.tasks.separator)
   return dict(split=split, class_names=runs[0].class_names, labels=labels, results=results,
-              primary=primary, images=images, histories=histories, notes=notes,
+              primary=primary, images=images, histories=histories, notes=notes, tasks=tasks,
               step=runs[0].step,
               info=dict(workdirs=[str(w) for w in workdirs],
                         checkpoints=[f'{w}@{r.step}' for w, r in zip(run_dirs, runs)],

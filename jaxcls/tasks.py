@@ -26,6 +26,11 @@ class Tasks:
   def sizes(self) -> tuple[int, ...]:
     return tuple(len(v) for v in self.values)
 
+  def marginal(self, probabilities: np.ndarray, task: int) -> np.ndarray:
+    """p(task value) = sum of p(class) over the classes with that value: [N, values]."""
+    one_hot = np.eye(len(self.values[task]), dtype=np.float64)[self.class_tasks[:, task]]
+    return np.asarray(probabilities, np.float64) @ one_hot
+
   def decode(self, classes: np.ndarray) -> dict[str, np.ndarray]:
     """Combined class indices -> {task: per-task class indices}."""
     classes = np.asarray(classes)

@@ -80,5 +80,11 @@ def test_both_task_modes_train_and_report_each_task(tmp_path_factory, tiny_confi
     assert results['best_val'][f'{task}_accuracy'] > 0.7
   # A task is right whenever the combination is, so never less accurate than it.
   assert results['test']['parity_accuracy'] >= results['test']['accuracy'] - 1e-6
-  report = json.loads((workdir / 'results.json').read_text())
-  assert report['class_names'] == ['even_large', 'even_small', 'odd_large', 'odd_small']
+  assert results['class_names'] == ['even_large', 'even_small', 'odd_large', 'odd_small']
+  # The report decodes the combined classes: one table and confusion matrix per task.
+  report = json.loads((workdir / 'report' / 'classification_report.json').read_text())
+  assert set(report['tasks']) == {'parity', 'size'}
+  assert set(report['tasks']['parity']['per_class']) == {'even', 'odd'}
+  assert report['tasks']['parity']['accuracy'] > 0.7
+  assert (workdir / 'report' / 'confusion_matrix_size.png').stat().st_size > 0
+  assert '## Task parity' in (workdir / 'report' / 'classification_report.md').read_text()

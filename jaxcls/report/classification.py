@@ -91,6 +91,14 @@ def to_markdown(report: dict) -> str:
     lines.append(_row([_escape(name)] + _scores(scores)))
   for average in AVERAGES:
     lines.append(_row([f'*{average}*'] + _scores(primary[average])))
+  for task, summary in report.get('tasks', {}).items():
+    lines += ['', f'## Task {_escape(task)}: {report["primary"]}', '',
+              f'Accuracy {_pct(summary["accuracy"])} (class probabilities summed per value; '
+              f'figure `confusion_matrix_{task}.png`).', '',
+              _row(['Value', 'Precision', 'Recall', 'F1', 'Support']),
+              _row(['---', '---:', '---:', '---:', '---:'])]
+    for name, scores in summary['per_class'].items():
+      lines.append(_row([_escape(name)] + _scores(scores)))
   lines += ['', 'Figures: `confusion_matrix.png` (raw counts in `confusion_matrix.csv`), '
             '`curves.png`, `misclassified.png`.', '']
   return '\n'.join(lines)

@@ -8,6 +8,7 @@ import numpy as np
 from absl import logging
 
 from jaxcls.report import classification, figures, tensorboard
+from jaxcls.tasks import Tasks
 
 NUM_MISCLASSIFIED = 16
 
@@ -18,9 +19,12 @@ def write_report(output_dir: str | Path, *, split: str, class_names: Sequence[st
                  histories: dict[str, tuple[list[dict], int | None]] | None = None,
                  info: dict | None = None, notes: Sequence[str] = (),
                  tensorboard_dir: str | Path | None = None, tensorboard_step: int = 0,
-                 tensorboard_prefix: str = 'report') -> dict:
+                 tensorboard_prefix: str = 'report', tasks: Tasks | None = None) -> dict:
   """Writes classification_report.{md,json}, confusion_matrix.{png,csv}, curves.png and
   misclassified.png into `output_dir`, and the PNGs as images to `tensorboard_dir`.
+  With `tasks` (classes that combine several labels), each task also gets its
+  own report (from the class probabilities summed per task value) and
+  confusion_matrix_{task}.png.
 
   `results`: {name: {'probabilities': float [N, C], optional 'members': [names], 'tta': str}},
   each reported side by side; the figures show `primary`. `images(indices)` gives the
@@ -43,6 +47,16 @@ def write_report(output_dir: str | Path, *, split: str, class_names: Sequence[st
       if result.get(key):
         summary[key] = result[key]
     report['results'][name] = summary
+  task_counts = {}
+  if tasks is not None:
+    probabilities = np.asarray(results[primary]['probabilities'])
+    report['tasks'] = {}
+    for t, task in enumerate(tasks.names):
+      task_labels, task_probabilities = tasks.class_tasks[labels, t], tasks.marginal(probabilities, t)
+      report['tasks'][task] = classification.summarize(task_labels, task_probabilities,
+                                                       tasks.values[t])
+      task_counts[task] = classification.confusion_counts(task_labels, task_probabilities,
+                                                          len(tasks.values[t]))
   (output_dir / 'classification_report.json').write_text(json.dumps(report, indent=2))
   (output_dir / 'classification_report.md').write_text(classification.to_markdown(report))
 
@@ -52,6 +66,11 @@ def write_report(output_dir: str | Path, *, split: str, class_names: Sequence[st
   pngs = {'confusion_matrix': output_dir / 'confusion_matrix.png'}
   figures.save_png(figures.confusion_matrix_figure(counts, class_names, title=primary),
                    pngs['confusion_matrix'])
+  for t, (task, task_count) in enumerate(task_counts.items()):
+    pngs[f'confusion_matrix_{task}'] = output_dir / f'confusion_matrix_{task}.png'
+    figures.save_png(figures.confusion_matrix_figure(task_count, tasks.values[t],
+                                                     title=f'{task}: {primary}'),
+                     pngs[f'confusion_matrix_{task}'])
   if histories and any(history for history, _ in histories.values()):
     pngs['curves'] = output_dir / 'curves.png'
     figures.save_png(figures.curves_figure(histories), pngs['curves'])
