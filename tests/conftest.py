@@ -24,7 +24,7 @@ def config():
   return default_config()
 
 
-def _tiny(config):
+def make_tiny(config):
   """Digits at 16x16 through a 4-channel CIFAR ResNet-20: seconds per epoch on a CPU."""
   config.data.image_size = 16
   config.model.width = 4
@@ -37,7 +37,7 @@ def _tiny(config):
 
 @pytest.fixture
 def tiny_config(config):
-  return _tiny(config)
+  return make_tiny(config)
 
 
 @pytest.fixture(scope='session')
@@ -45,5 +45,5 @@ def tiny_run_dir(tmp_path_factory):
   """One finished tiny run (3 epochs), shared by the tests of the tools that read workdirs."""
   from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('tiny_run')
-  train_and_evaluate(_tiny(default_config()), str(workdir))
+  train_and_evaluate(make_tiny(default_config()), str(workdir))
   return workdir

@@ -160,7 +160,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_folder_without_images_is_a_clear_error(tmp_path):
   os.makedirs(tmp_path / 'cats')
   (tmp_path / 'cats' / 'readme.txt').write_text('no images here')
-  with pytest.raises(ValueError, match='No .jpg'):
+  with pytest.raises(ValueError, match='No readable images'):
     sources.load_dataset(data_config(source=f'folder:{tmp_path}'), None)
 
 

@@ -20,6 +20,7 @@ from jaxcls.optim import create_optimizer, learning_rate_schedule
 from jaxcls.steps import create_train_state, jit_steps
 
 import jitted
+from conftest import make_tiny
 
 
 def _phase_steps(model, config, epoch=0):
@@ -237,11 +238,7 @@ def test_unfreeze_every_n_epochs_adds_one_group_at_a_time(config):
 # --------------------------------------------------------------- the loop ---
 
 def _gradual_config(config):
-  config.data.image_size = 16
-  config.model.width = 4
-  config.train.num_epochs = 3
-  config.train.batch_size = 128
-  config.optimizer.warmup_epochs = 0.5
+  config = make_tiny(config)
   config.finetune.strategy = 'gradual'
   config.finetune.unfreeze_schedule = '0:head 1:stage3 2:stage2'
   config.checkpoint.keep = 3

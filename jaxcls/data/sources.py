@@ -7,14 +7,17 @@ so the decoding runs in Grain's threads and worker processes, not at load.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from jaxcls.data import splits
+from absl import logging
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+from jaxcls.data import scan, splits
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 _VAL_NAMES = ('val', 'valid', 'validation')
 
 
@@ -119,16 +122,28 @@ def load_dataset(data_config, workdir: str | None) -> Dataset:
 
   Splits the source lacks are drawn by `splits.load_or_carve` and recorded in
   WORKDIR/splits.json (when `workdir` is given) for reruns to reuse.
+  WORKDIR/data_report.json says what each split holds per class and, for
+  folders, which files were skipped and why and which files repeat across
+  splits.
   """
   source = data_config.source
   if source == 'digits':
-    return _load_digits(data_config, workdir)
-  if source.startswith('tfds:'):
-    return _load_tfds(data_config, workdir, source[len('tfds:'):])
-  if source.startswith('folder:'):
-    return _load_folder(data_config, workdir, source[len('folder:'):])
-  raise ValueError(f"Unknown data.source {source!r}: expected 'digits', "
-                   "'tfds:NAME' or 'folder:PATH'.")
+    dataset = _load_digits(data_config, workdir)
+  elif source.startswith('tfds:'):
+    dataset = _load_tfds(data_config, workdir, source[len('tfds:'):])
+  elif source.startswith('folder:'):
+    dataset = _load_folder(data_config, workdir, source[len('folder:'):])  # Writes its report.
+  else:
+    raise ValueError(f"Unknown data.source {source!r}: expected 'digits', "
+                     "'tfds:NAME' or 'folder:PATH'.")
+  summary = split_summary(dataset)
+  if not source.startswith('folder:'):
+    _write_report(workdir, dict(source=source, **summary))
+  for split, info in summary['splits'].items():
+    if info['missing_classes'] and split != 'train' and info['examples']:
+      logging.warning('the %s split has no example of class(es) %s: their %s recall is '
+                      'undefined', split, info['missing_classes'], split)
+  return dataset
 
 
 def _carve(data_config, workdir, labels, missing, keys=None):
@@ -186,11 +201,12 @@ def _load_tfds(data_config, workdir, name: str) -> Dataset:
   return Dataset(class_names, **have)
 
 
-def _list_class_folder(root: str, class_names=None):
+def _list_class_folder(root: str, class_names=None, skipped=None):
   """(image paths, labels, class names) of the images under root/CLASS/.
 
   Files are sorted, so labels and the order of examples do not depend on the
-  file system's listing order.
+  file system's listing order. Files without an image extension are appended
+  to `skipped` as (path, reason); hidden files (.DS_Store) are ignored.
   """
   if class_names is None:
     # Hidden folders (.ipynb_checkpoints, .git) are never classes.
@@ -201,16 +217,19 @@ def _list_class_folder(root: str, class_names=None):
   for label, class_name in enumerate(class_names):
     class_dir = os.path.join(root, class_name)
     for dirpath, dirnames, filenames in os.walk(class_dir):
-      dirnames.sort()
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
       for filename in sorted(filenames):
         if filename.lower().endswith(IMAGE_EXTENSIONS):
           files.append(os.path.join(dirpath, filename))
           labels.append(label)
+        elif skipped is not None and not filename.startswith('.'):
+          skipped.append((os.path.join(dirpath, filename), 'not an image file (extension '
+                          f'{os.path.splitext(filename)[1] or "none"})'))
   return files, np.asarray(labels, np.int32), tuple(class_names)
 
 
-def _held_out_folder(split_root: str, class_names) -> ImageFileSource:
-  """A val/test folder, labelled with train's classes (some may be absent)."""
+def _held_out_folder(split_root: str, class_names, skipped) -> tuple[list, list]:
+  """A val/test folder's (paths, labels), labelled with train's classes (some may be absent)."""
   extra = sorted(d for d in os.listdir(split_root)
                  if d not in class_names and not d.startswith('.')
                  and os.path.isdir(os.path.join(split_root, d)))
@@ -218,13 +237,17 @@ def _held_out_folder(split_root: str, class_names) -> ImageFileSource:
     raise ValueError(f'{split_root} has classes not in train: {extra}.')
   present = [c for c in class_names
              if os.path.isdir(os.path.join(split_root, c))]
-  files, labels, _ = _list_class_folder(split_root, present)
-  labels = [class_names.index(present[i]) for i in labels]
-  return ImageFileSource(files, labels)
+  files, labels, _ = _list_class_folder(split_root, present, skipped)
+  return files, [class_names.index(present[i]) for i in labels]
 
 
 def _load_folder(data_config, workdir, path: str) -> Dataset:
-  """A class-per-sub-folder tree, optionally inside train/val/test folders."""
+  """A class-per-sub-folder tree, optionally inside train/val/test folders.
+
+  Every file is checked once up front (`scan.scan_files`, cached in the
+  workdir): unreadable ones are left out and listed in WORKDIR/data_report.json,
+  and too many of them stop the run before training.
+  """
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
     raise ValueError(f'data.source folder {path!r} is not a directory.')
@@ -239,23 +262,114 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
                      'sub-folder.')
   pre_split = split_dirs['train'] is not None
   train_root = os.path.join(root, split_dirs['train']) if pre_split else root
-  files, labels, class_names = _list_class_folder(train_root)
-  # Only folders that hold images are classes.
-  used = sorted(set(labels.tolist()))
-  class_names = tuple(class_names[i] for i in used)
-  labels = np.searchsorted(np.asarray(used), labels).astype(np.int32)
-  if not files:
-    raise ValueError(f'No .jpg/.jpeg/.png images in class sub-folders of '
-                     f'{train_root}.')
-  have = {'train': ImageFileSource(files, labels), 'val': None, 'test': None}
+  skipped = []
+  files, labels, class_names = _list_class_folder(train_root, skipped=skipped)
+  listed = {'train': (files, labels)}
   for name in ('val', 'test'):
     if pre_split and split_dirs[name] is not None:
-      have[name] = _held_out_folder(os.path.join(root, split_dirs[name]),
-                                    class_names)
+      listed[name] = _held_out_folder(os.path.join(root, split_dirs[name]), class_names,
+                                      skipped)
+  checks = scan.scan_files([f for fs, _ in listed.values() for f in fs], workdir,
+                           num_threads=max(data_config.num_threads, 1))
+  # Files named as images that do not decode count against max_bad_fraction;
+  # other files (notes.txt, labels.csv) are only listed.
+  unreadable = [(f, c.error) for f, c in checks.items() if c.error]
+  total = len(checks)
+  report = dict(source=data_config.source, image_files=total, usable=total - len(unreadable),
+                unreadable=[dict(path=os.path.relpath(f, root), reason=r) for f, r in unreadable],
+                other_files=[dict(path=os.path.relpath(f, root), reason=r) for f, r in skipped])
+  if unreadable:
+    logging.warning('%d of %d image files under %s cannot be read and are skipped (listed in '
+                    'data_report.json), e.g. %s: %s', len(unreadable), total, root,
+                    unreadable[0][0], unreadable[0][1])
+  if total and len(unreadable) / total > data_config.max_bad_fraction:
+    examples = '; '.join(f'{f}: {r}' for f, r in unreadable[:5])
+    _write_report(workdir, report)
+    raise ValueError(
+        f'{len(unreadable)} of {total} image files under {root} cannot be read, more than '
+        f'config.data.max_bad_fraction={data_config.max_bad_fraction}: {examples}')
+  readable = {name: ([f for f in fs if not checks[f].error],
+                     np.asarray([l for f, l in zip(fs, ls) if not checks[f].error], np.int32))
+              for name, (fs, ls) in listed.items()}
+  files, labels = readable['train']
+  # Only folders that hold readable images are classes.
+  used = sorted(set(labels.tolist()))
+  empty = [c for i, c in enumerate(class_names) if i not in used]
+  if empty:
+    logging.warning('class folder(s) %s under %s hold no readable image: not classes', empty,
+                    train_root)
+    report['empty_class_folders'] = empty
+  class_names = tuple(class_names[i] for i in used)
+  remap = {old: new for new, old in enumerate(used)}
+  if not files:
+    raise ValueError(f'No readable images ({", ".join(IMAGE_EXTENSIONS)}) in class '
+                     f'sub-folders of {train_root}.')
+  have = {'train': ImageFileSource(files, [remap[l] for l in labels]), 'val': None, 'test': None}
+  for name in ('val', 'test'):
+    if name in readable:
+      held_files, held_labels = readable[name]
+      orphans = sorted({class_names[l] for l in held_labels.tolist() if l not in remap})
+      if orphans:
+        raise ValueError(f'{split_dirs[name]}/ has images of class(es) {orphans}, whose train '
+                         'folder holds no readable image')
+      have[name] = ImageFileSource(held_files, [remap[l] for l in held_labels])
   missing = tuple(n for n in ('val', 'test') if have[n] is None)
   if missing:
     keys = [os.path.relpath(f, root).replace(os.sep, '/') for f in files]
+    labels = np.asarray([remap[l] for l in labels], np.int32)
     parts = _carve(data_config, workdir, labels, missing, keys=keys)
     for name, idx in parts.items():
       have[name] = ImageFileSource([files[i] for i in idx], labels[idx])
-  return Dataset(class_names, **have)
+  dataset = Dataset(class_names, **have)
+  report['duplicates_across_splits'] = _duplicates_across_splits(dataset, checks, root)
+  if report['duplicates_across_splits']:
+    logging.warning('%d identical files appear in two splits (listed in data_report.json), '
+                    'e.g. %s', len(report['duplicates_across_splits']),
+                    report['duplicates_across_splits'][0])
+  _write_report(workdir, {**report, **split_summary(dataset)})
+  return dataset
+
+
+def _duplicates_across_splits(dataset: Dataset, checks, root) -> list[dict]:
+  """Byte-identical files in different splits: test images the model trained on."""
+  first_seen = {}
+  duplicates = []
+  for split in ('train', 'val', 'test'):
+    for path in getattr(dataset, split).paths:
+      digest = checks[path].sha1
+      if digest in first_seen and first_seen[digest][0] != split:
+        other_split, other = first_seen[digest]
+        duplicates.append({other_split: os.path.relpath(other, root),
+                           split: os.path.relpath(path, root)})
+      first_seen.setdefault(digest, (split, path))
+  return duplicates
+
+
+def split_summary(dataset: Dataset) -> dict:
+  """Examples per split and class, and the classes a split lacks."""
+  summary = dict(class_names=list(dataset.class_names), splits={})
+  for split in ('train', 'val', 'test'):
+    labels = source_labels_of(getattr(dataset, split))
+    if labels is None:
+      continue
+    counts = np.bincount(labels, minlength=len(dataset.class_names))
+    summary['splits'][split] = dict(
+        examples=int(len(labels)),
+        per_class={c: int(n) for c, n in zip(dataset.class_names, counts)},
+        missing_classes=[c for c, n in zip(dataset.class_names, counts) if n == 0])
+  return summary
+
+
+def source_labels_of(source) -> np.ndarray | None:
+  """The labels of an in-memory or file source without reading images; None for TFDS."""
+  labels = getattr(source, 'labels', None)
+  return None if labels is None else np.asarray(labels)
+
+
+def _write_report(workdir, report: dict) -> None:
+  if workdir is None:
+    return
+  path = os.path.join(workdir, 'data_report.json')
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(report, f, indent=2)
