@@ -125,10 +125,14 @@ def test_truncated_and_unsafe_files_are_refused(tmp_path):
   (tmp_path / 'truncated.pth').write_bytes(data[:len(data) // 2])
   with pytest.raises(CheckpointFileError, match='truncated.pth: cannot be read'):
     read_state_dict(tmp_path / 'truncated.pth')
-  # A pickle that would run code when loaded without weights_only.
-  torch.save({'weights': reference.state_dict(), 'hook': _Unsafe()}, tmp_path / 'unsafe.pth')
+  # A pickle that would create a file if it ran: refused, and the file never appears.
+  marker = tmp_path / 'pwned'
+  torch.save({'weights': reference.state_dict(), 'hook': _Unsafe(marker)}, tmp_path / 'unsafe.pth')
   with pytest.raises(CheckpointFileError, match='weights-only'):
     read_state_dict(tmp_path / 'unsafe.pth')
+  with pytest.raises(CheckpointFileError, match='weights-only'):
+    create_model('cifar_resnet20', 10, pretrained=str(tmp_path / 'unsafe.pth'))
+  assert not marker.exists()
   (tmp_path / 'weights.h5').write_bytes(b'HDF')
   with pytest.raises(CheckpointFileError, match="unknown checkpoint kind '.h5'"):
     read_state_dict(tmp_path / 'weights.h5')
@@ -138,5 +142,8 @@ def test_truncated_and_unsafe_files_are_refused(tmp_path):
 
 class _Unsafe:
 
+  def __init__(self, marker):
+    self.marker = str(marker)
+
   def __reduce__(self):
-    return (print, ('this must never run',))
+    return (open, (self.marker, 'w'))
