@@ -44,6 +44,14 @@ def get_config() -> ml_collections.ConfigDict:
   # WORKDIR/splits.json, which a rerun in the same workdir reuses.
   data.split = (0.8, 0.1, 0.1)
   data.split_seed = 0
+  # Stratified k-fold cross-validation: with `num_folds` >= 2, test is drawn
+  # by `split` as usual, the rest (train + val, val's share included) is dealt
+  # into `num_folds` stratified parts with `split_seed`, and this run validates
+  # on part `fold` (0-based) and trains on the others. A sweep over `fold`
+  # (launch/sweeps/kfold.py) is the cross-validation. 0: off. Needs a source
+  # without its own val split.
+  data.num_folds = 0
+  data.fold = 0
   # Side of the square image the model sees. 0: the pretrained weights' input
   # size (with `resize_size` from their crop fraction when that is 0 too), or
   # 32 without pretrained weights.
@@ -122,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Examples per train epoch (0: the train split's size); sets the steps per
   # epoch together with `train.batch_size`.
   data.epoch_examples = 0
+  # For 'folder:' sources: every file is decoded once before training;
+  # unreadable ones (truncated, not an image, empty) are skipped and listed in
+  # WORKDIR/data_report.json. Above this fraction of them, the run stops.
+  data.max_bad_fraction = 0.05
   # Grain worker processes (0: read and transform in this process).
   data.num_workers = 0
   # Threads that read and transform examples in each process.
@@ -226,11 +238,77 @@ def get_config() -> ml_collections.ConfigDict:
   train.batch_size = 64
   # Global batch size for validation and test (0: same as `batch_size`).
   train.eval_batch_size = 0
-  # Label smoothing of the cross-entropy targets (0: off).
+  # Label smoothing of the training loss's targets (0: off); applied once, in
+  # the loss, also under Mixup/CutMix (smoothing and mixing commute).
   train.label_smoothing = 0.0
   # Write training metrics every this many steps (they are averaged over
   # those steps on the device and fetched once).
   train.log_every_steps = 20
+
+  # --------------------------------------------------------------- mixup ---
+  # Mixup and CutMix inside the jitted train step (timm's `Mixup`): each image
+  # is mixed with its partner in the batch and the one-hot targets alike (every
+  # task's, with per-task heads). Train accuracies are then measured against
+  # the dominant label and named `accuracy_vs_dominant_label`.
+  config.mixup = mixup = ml_collections.ConfigDict()
+  # Beta(alpha, alpha) parameters of the mixing weight; 0 switches the method
+  # off, both 0: no mixing (e.g. 0.2 and 1.0, as for ImageNet).
+  mixup.mixup_alpha = 0.0
+  mixup.cutmix_alpha = 0.0
+  # Probability of mixing a batch ('batch') or an example ('elem')...
+  mixup.prob = 1.0
+  # ...and, with both alphas positive, of CutMix rather than Mixup.
+  mixup.switch_prob = 0.5
+  # 'batch': one weight, method and box per batch; 'elem': per example.
+  mixup.mode = 'batch'
+
+  # ---------------------------------------------------------------- loss ---
+  # The training loss (validation and test report the plain cross-entropy).
+  # All losses take the soft targets of smoothing and mixing.
+  config.loss = loss = ml_collections.ConfigDict()
+  # 'cross_entropy' or 'focal' (softmax focal loss, Lin et al. 2017:
+  # -sum_c alpha_c (1 - p_c)^gamma t_c log p_c; gamma 0 is cross-entropy).
+  loss.name = 'cross_entropy'
+  loss.focal_gamma = 2.0
+  # The focal loss's alpha: one value for all classes, one per class, or
+  # empty: 1.
+  loss.focal_alpha = ()
+  # Per-class loss weights from the train split's class counts: 'none',
+  # 'inverse_frequency' (proportional to 1 / count) or 'effective_number'
+  # (Cui et al. 2019: (1 - beta) / (1 - beta^count), beta `class_weights_beta`);
+  # normalised to sum to the class count. Each example's loss is multiplied by
+  # its (mixed) targets' weight. Not with tasks.mode='heads'.
+  loss.class_weights = 'none'
+  loss.class_weights_beta = 0.999
+
+  # ------------------------------------------------------------- plateau ---
+  # ReduceLROnPlateau: multiply the learning rate (on top of the schedule) by
+  # `factor` after `patience` epochs whose validation metric does not beat the
+  # best by `threshold` ('rel': times |best|; 'abs': plain), then ignore
+  # `cooldown` epochs; never below `min_scale` times the schedule. Kept in the
+  # checkpoints.
+  config.plateau = plateau = ml_collections.ConfigDict()
+  plateau.enabled = False
+  # A validation metric ('accuracy', 'loss', 'top5_accuracy') and 'max' or
+  # 'min'; empty: checkpoint.best_metric and checkpoint.best_mode.
+  plateau.metric = ''
+  plateau.mode = ''
+  plateau.factor = 0.1
+  plateau.patience = 10
+  plateau.threshold = 1e-4
+  plateau.threshold_mode = 'rel'
+  plateau.cooldown = 0
+  plateau.min_scale = 0.0
+
+  # ------------------------------------------------------ early stopping ---
+  # Stop after `patience` epochs (0: never) whose validation `metric` does not
+  # beat the best by `min_delta`; the test still evaluates the best checkpoint
+  # (by checkpoint.best_metric). Metric and mode as for the plateau.
+  config.early_stopping = early_stopping = ml_collections.ConfigDict()
+  early_stopping.patience = 0
+  early_stopping.min_delta = 0.0
+  early_stopping.metric = ''
+  early_stopping.mode = ''
 
   # --------------------------------------------------------- checkpoints ---
   config.checkpoint = ckpt = ml_collections.ConfigDict()

@@ -20,12 +20,30 @@ _TRAIN_FIELDS = dict(loss=metrics.Average.from_output('loss'), accuracy=metrics.
                      learning_rate=metrics.LastValue.from_output('learning_rate'))
 TrainMetrics = metrics.Collection.create(**_TRAIN_FIELDS)
 
+# Under Mixup/CutMix an image has two labels; the train step then passes the
+# dominant one (the larger weight's) as `labels`, and the accuracies say so.
+DOMINANT_SUFFIX = '_vs_dominant_label'
 
-def train_metrics_class(tasks: Tasks | None = None) -> type[metrics.Collection]:
-  """Loss, accuracy, learning rate, and each task's accuracy where there are several."""
-  if tasks is None:
+
+def train_metrics_class(tasks: Tasks | None = None,
+                        mixing: bool = False) -> type[metrics.Collection]:
+  """Loss, accuracy, learning rate, and each task's accuracy where there are several.
+
+  With `mixing`, every accuracy is against the dominant label and named so
+  ('accuracy_vs_dominant_label', '{task}_accuracy_vs_dominant_label').
+  """
+  if tasks is None and not mixing:
     return TrainMetrics
-  return metrics.Collection.create(**_TRAIN_FIELDS, **task_metric_fields(tasks))
+  fields = {**_TRAIN_FIELDS, **task_metric_fields(tasks)}
+  if mixing:
+    fields = {f'{k}{DOMINANT_SUFFIX}' if k.endswith('accuracy') else k: v
+              for k, v in fields.items()}
+  return metrics.Collection.create(**fields)
+
+
+def train_accuracy(summary: dict[str, float]) -> float:
+  """The train accuracy of a computed collection, whichever label it was measured against."""
+  return summary.get('accuracy', summary.get(f'accuracy{DOMINANT_SUFFIX}', float('nan')))
 
 
 def eval_metrics_class(num_classes: int, tasks: Tasks | None = None) -> type[metrics.Collection]:

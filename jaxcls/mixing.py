@@ -210,21 +210,37 @@ def mix(draw: MixParams, images: jax.Array, targets: Any,
   Returns:
     A `MixedBatch`.
   """
-  batch_size, height, width = images.shape[:3]
-  for leaf in jax.tree.leaves(targets):
-    if leaf.ndim != 2 or leaf.shape[0] != batch_size:
-      raise ValueError(f'Mixup: targets must be [batch={batch_size}, classes], got {leaf.shape}')
+  mixed_targets, dominant_labels = mix_targets(draw, targets, label_smoothing)
+  return MixedBatch(images=mix_images(draw, images), targets=mixed_targets,
+                    dominant_labels=dominant_labels, lam=draw.lam)
+
+
+def mix_images(draw: MixParams, images: jax.Array) -> jax.Array:
+  """The images half of `mix`: blended or pasted with their partners as drawn.
+
+  A train step mixes the images before the forward pass and the targets
+  (whose class count the logits give) after it; both halves read the same draw.
+  """
+  height, width = images.shape[1:3]
   out_dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
-  lam = draw.lam
   x = images.astype(jnp.float32)
   partner = jnp.flip(x, axis=0)
-  weight = lam[:, None, None, None]
+  weight = draw.lam[:, None, None, None]
   blended = weight * x + (1.0 - weight) * partner
   pasted = jnp.where(_box_mask(draw.box, height, width)[..., None], partner, x)
   mixed = jnp.where(draw.use_cutmix[:, None, None, None], pasted, blended)
-  mixed_images = jnp.where(weight < 1.0, mixed, x).astype(out_dtype)
+  return jnp.where(weight < 1.0, mixed, x).astype(out_dtype)
 
-  def mix_targets(leaf):
+
+def mix_targets(draw: MixParams, targets: Any, label_smoothing: float = 0.0) -> tuple[Any, Any]:
+  """The targets half of `mix`: (mixed soft targets, dominant labels), same pytree as `targets`."""
+  lam = draw.lam
+  batch_size = lam.shape[0]
+  for leaf in jax.tree.leaves(targets):
+    if leaf.ndim != 2 or leaf.shape[0] != batch_size:
+      raise ValueError(f'Mixup: targets must be [batch={batch_size}, classes], got {leaf.shape}')
+
+  def mix_leaf(leaf):
     leaf = leaf.astype(jnp.float32)
     if label_smoothing:
       leaf = optax.smooth_labels(leaf, label_smoothing)
@@ -234,8 +250,7 @@ def mix(draw: MixParams, images: jax.Array, targets: Any,
     own = jnp.argmax(leaf, axis=-1).astype(jnp.int32)
     return jnp.where(lam >= 0.5, own, jnp.flip(own, axis=0))
 
-  return MixedBatch(images=mixed_images, targets=jax.tree.map(mix_targets, targets),
-                    dominant_labels=jax.tree.map(dominant, targets), lam=lam)
+  return jax.tree.map(mix_leaf, targets), jax.tree.map(dominant, targets)
 
 
 def dominant_label_accuracy(logits: jax.Array, dominant_labels: jax.Array) -> jax.Array:

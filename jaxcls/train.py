@@ -4,7 +4,9 @@ The loop owns every side effect (logging, checkpoints, progress); the steps it
 calls are pure (`jaxcls.steps`). A rerun with the same workdir resumes from
 the latest checkpoint: the train state holds the model, optimizer, step and
 RNG, and the data position is derived from the step, so the resumed run sees
-the same batches an uninterrupted one would.
+the same batches an uninterrupted one would. After each validation the loop
+updates ReduceLROnPlateau (whose scale the state carries into the step) and
+early stopping, both kept in the checkpoint's meta.
 """
 
 import functools
@@ -19,14 +21,17 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview
 from flax import nnx
+from PIL import Image
 
-from jaxcls import data, finetune, parallel
+from jaxcls import data, finetune, losses, parallel
 from jaxcls.checkpointing import Checkpointer
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
-from jaxcls.metrics import eval_metrics_class, train_metrics_class
+from jaxcls.metrics import eval_metrics_class, train_accuracy, train_metrics_class
+from jaxcls.mixing import Mixup
 from jaxcls.models import model_from_config
 from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
+from jaxcls.steps import create_train_state, jit_preview, jit_steps
 from jaxcls.tasks import tasks_from_class_names
 from jaxcls.writers import ProgressReporter, create_writer
 
@@ -86,7 +91,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  ', '.join(f'{n} {v}' for n, v in zip(tasks.names, tasks.values)))
 
   batch_size = config.train.batch_size
-  steps_per_epoch = data.steps_per_epoch(len(dataset.train), batch_size)
+  steps_per_epoch = data.steps_per_epoch(
+      data.train_epoch_length(len(dataset.train), config.data), batch_size)
   num_steps = steps_per_epoch * config.train.num_epochs
   learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch,
                                             config.train.num_epochs)
@@ -116,24 +122,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.device_put(state, replicated)
   batch_sharding = parallel.batch_sharded(mesh)
 
+  plateau, plateau_metric = _plateau_from_config(config)
+  early_stopping, stopping_metric = _early_stopping_from_config(config)
+  plateau_state = plateau.init() if plateau else None
+  stopping_state = early_stopping.init() if early_stopping else None
   history = []
   if latest is not None:
     state, meta = checkpointer.restore(latest, state)
     if meta['steps_per_epoch'] != steps_per_epoch:
       raise ConfigError(
           f'{workdir}: its checkpoints were made with {meta["steps_per_epoch"]} steps per epoch, '
-          f'this config gives {steps_per_epoch} (train.batch_size={batch_size}); '
-          'use a new --workdir for a different batch size or data set')
+          f'this config gives {steps_per_epoch} (train.batch_size={batch_size}, '
+          f'data.epoch_examples={config.data.epoch_examples}); '
+          'use a new --workdir for a different batch size, epoch length or data set')
     history = meta['history']
+    if plateau is not None and 'plateau' in meta:
+      plateau_state = PlateauState.from_dict(meta['plateau'])
+    if early_stopping is not None and 'early_stopping' in meta:
+      stopping_state = EarlyStoppingState.from_dict(meta['early_stopping'])
     logging.info('resumed from the checkpoint at step %d (epoch %d)', latest, latest // steps_per_epoch)
 
+  loss_fn, loss_info = _loss_from_config(config, dataset, num_classes)
+  # Label smoothing lives in the loss alone; Mixup only mixes.
+  mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())
   metrics_cls = eval_metrics_class(num_classes, tasks)
   jit_for_phase = functools.partial(
       jit_steps, eval_graph=eval_graph, learning_rate_fn=learning_rate_fn,
       metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
-      dtype=config.model.dtype, label_smoothing=config.train.label_smoothing,
+      dtype=config.model.dtype, loss_fn=loss_fn, augment_config=config.data.augment, mixup=mixup,
       task_loss_weights=(tuple(config.tasks.loss_weights) or (1.0,) * len(tasks.names))
-      if heads_per_task else None, train_metrics_cls=train_metrics_class(tasks))
+      if heads_per_task else None,
+      train_metrics_cls=train_metrics_class(tasks, mixing=mixup.enabled))
 
   enter_phase = functools.partial(finetune.enter_phase, plan=plan, labels=labels,
                                   train_graph=train_graph, optimizer=optimizer)
@@ -144,6 +163,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = ProgressReporter(num_steps, writer, initial_step=step)
   train_seconds, first_step_seconds, images_seen = 0.0, None, 0
   start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
+  preview_path = workdir_path / FIRST_BATCH_PNG
+  preview_fn = (jit_preview(augment_config=config.data.augment, mixup=mixup)
+                if is_main and jax.process_count() == 1 and not preview_path.exists() else None)
+  stopped_early_at_epoch = None
+  if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
+    stopped_early_at_epoch = start_epoch
+    start_epoch = config.train.num_epochs
   for epoch in range(start_epoch, config.train.num_epochs):
     if plan.trainable_at(epoch) != phase.trainable:  # Re-jits once per phase.
       logging.info('epoch %d: training %s (frozen: %s)', epoch + 1,
@@ -157,6 +183,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count())
     epoch_metrics = interval_metrics = None
     for batch in parallel.prefetch_to_device(batches, batch_sharding, config.data.prefetch):
+      if preview_fn is not None:  # Before the step, which donates the state's buffers.
+        _write_first_batch(preview_fn(state.rng, state.step, batch['image']), preview_path,
+                           writer, step)
+        preview_fn = None
       step_started = time.monotonic()
       state, step_metrics = train_fn(state, batch)
       if first_step_seconds is None:  # Includes compilation: keep it out of the images/s.
@@ -178,18 +208,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with progress.timed('eval'):
       val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)
     train_summary = {k: float(v) for k, v in epoch_metrics.compute().items()}
-    writer.write_scalars(step, {**_prefixed('val', val_metrics), 'epoch': epoch + 1})
+    entry = dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
+                 seconds=time.monotonic() - epoch_started)
+    if plateau is not None:
+      plateau_state = plateau.update(plateau_state, val_metrics[plateau_metric])
+      if plateau_state.scale != float(state.lr_scale):
+        logging.info('epoch %d: val %s has not improved for %d epochs: learning rate scale %g',
+                     epoch + 1, plateau_metric, plateau.patience, plateau_state.scale)
+      # The next epoch's steps read it; the checkpoint below keeps it.
+      state = state.replace(lr_scale=jax.device_put(
+          jnp.asarray(plateau_state.scale, jnp.float32), replicated))
+      entry['lr_scale'] = plateau_state.scale
+    if early_stopping is not None:
+      stopping_state = early_stopping.update(stopping_state, val_metrics[stopping_metric])
+    writer.write_scalars(step, {**_prefixed('val', val_metrics), 'epoch': epoch + 1,
+                                **({'lr_scale': plateau_state.scale} if plateau else {})})
     writer.flush()
-    history.append(dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
-                        seconds=time.monotonic() - epoch_started))
+    history.append(entry)
     logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
                  epoch + 1, config.train.num_epochs, train_summary['loss'],
-                 train_summary['accuracy'], val_metrics['loss'], val_metrics['accuracy'])
+                 train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
+    meta = dict(epoch=epoch + 1, steps_per_epoch=steps_per_epoch, history=history,
+                class_names=list(dataset.class_names), trainable_groups=list(phase.trainable))
+    if plateau is not None:
+      meta['plateau'] = plateau_state.to_dict()
+    if early_stopping is not None:
+      meta['early_stopping'] = stopping_state.to_dict()
     with progress.timed('checkpoint'):
-      checkpointer.save(state, meta=dict(epoch=epoch + 1, steps_per_epoch=steps_per_epoch,
-                                         history=history, class_names=list(dataset.class_names),
-                                         trainable_groups=list(phase.trainable)),
-                        metrics=val_metrics)
+      checkpointer.save(state, meta=meta, metrics=val_metrics)
+    if stopping_state is not None and stopping_state.should_stop:
+      stopped_early_at_epoch = epoch + 1
+      logging.info('early stopping after epoch %d: val %s has not improved by %g for %d epochs '
+                   '(best %.5g at epoch %d)', epoch + 1, stopping_metric,
+                   early_stopping.min_delta, early_stopping.patience, stopping_state.best,
+                   stopping_state.best_epoch)
+      break
   progress.close()
   checkpointer.wait()
 
@@ -212,6 +265,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = dict(
       test=test_metrics, best_val=best_epoch['val'], best_epoch=best_epoch['epoch'],
       best_step=best_step, history=history, class_names=list(dataset.class_names),
+      stopped_early_at_epoch=stopped_early_at_epoch,
+      plateau=None if plateau is None else dict(metric=plateau_metric, **plateau_state.to_dict()),
+      loss=loss_info, mixup=config.mixup.to_dict() if mixup.enabled else None,
       num_params=int(num_params), num_examples=dict(train=len(dataset.train),
                                                     val=len(dataset.val), test=len(dataset.test)),
       finetune=dict(strategy=config.finetune.strategy, groups=list(plan.groups),
@@ -236,6 +292,85 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('multi-host run: write the report with `python -m jaxcls.evaluate --workdir %s`',
                  workdir)
   return results
+
+
+FIRST_BATCH_PNG = 'first_batch.png'
+
+
+def _plateau_from_config(config) -> tuple[ReduceLROnPlateau | None, str]:
+  """(ReduceLROnPlateau or None when off, the validation metric it watches)."""
+  p = config.plateau
+  metric = p.metric or config.checkpoint.best_metric
+  if not p.enabled:
+    return None, metric
+  return ReduceLROnPlateau(mode=p.mode or config.checkpoint.best_mode, factor=p.factor,
+                           patience=p.patience, threshold=p.threshold,
+                           threshold_mode=p.threshold_mode, cooldown=p.cooldown,
+                           min_scale=p.min_scale), metric
+
+
+def _early_stopping_from_config(config) -> tuple[EarlyStopping | None, str]:
+  """(EarlyStopping or None when off, the validation metric it watches)."""
+  e = config.early_stopping
+  metric = e.metric or config.checkpoint.best_metric
+  if not e.patience:
+    return None, metric
+  return EarlyStopping(patience=e.patience, min_delta=e.min_delta,
+                       mode=e.mode or config.checkpoint.best_mode), metric
+
+
+def _loss_from_config(config, dataset, num_classes: int) -> tuple[losses.LossFn, dict]:
+  """The training loss `config.loss` asks for (class weights from the train split), and a
+  JSON summary of it for results.json."""
+  c = config.loss
+  weights = None
+  if c.class_weights != 'none':
+    counts = data.class_counts(data.source_labels(dataset.train), num_classes)
+    try:
+      weights = losses.class_weights_from_counts(counts, c.class_weights, c.class_weights_beta)
+    except ValueError as e:
+      raise ConfigError(f'config.loss.class_weights={c.class_weights!r}: {e} '
+                        f'(train split class counts {counts.tolist()})') from e
+    logging.info('class weights (%s): %s', c.class_weights,
+                 ', '.join(f'{n} {w:.3g}' for n, w in zip(dataset.class_names, weights)))
+  alpha = tuple(c.focal_alpha)
+  if len(alpha) not in (0, 1, num_classes):
+    raise ConfigError(f'config.loss.focal_alpha={alpha}: expected one value or one per class '
+                      f'({num_classes})')
+  loss_fn = losses.make_loss_fn(
+      c.name, label_smoothing=config.train.label_smoothing, focal_gamma=c.focal_gamma,
+      focal_alpha=(alpha[0] if len(alpha) == 1 else alpha) if alpha else None,
+      class_weights=weights)
+  return loss_fn, dict(name=c.name, label_smoothing=config.train.label_smoothing,
+                       class_weights=None if weights is None else weights.tolist())
+
+
+def _write_first_batch(images, path: Path, writer, step: int) -> None:
+  """The first train batch as the model sees it (augmented, mixed; before normalisation),
+  as an image grid in `path` and in TensorBoard."""
+  grid = image_grid(np.asarray(jax.device_get(images)))
+  Image.fromarray(grid).save(path)
+  if hasattr(writer, 'write_images'):  # Not the console fallback.
+    writer.write_images(step, {'train/first_batch': grid[None]})
+  logging.info('first train batch (augmented and mixed) written to %s', path)
+
+
+def image_grid(images: np.ndarray, columns: int = 16, max_images: int = 128,
+               min_side: int = 64) -> np.ndarray:
+  """uint8 [N, H, W, 3] -> one uint8 [rows * H', columns * W', 3] grid, 2-pixel gaps, each
+  image enlarged by a whole factor (nearest neighbour) to at least `min_side` pixels."""
+  images = images[:max_images]
+  count, height, width = images.shape[:3]
+  factor = max(1, -(-min_side // max(height, width)))
+  images = images.repeat(factor, axis=1).repeat(factor, axis=2)
+  height, width, gap = height * factor, width * factor, 2
+  columns = min(columns, count)
+  rows = -(-count // columns)
+  grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+  for i, image in enumerate(images):
+    top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
+    grid[top:top + height, left:left + width] = image
+  return grid
 
 
 def _flat_names(tree) -> dict[str, jax.Array]:

@@ -1,10 +1,9 @@
-"""Specification of the class-balanced sampler, epoch length and class weights."""
+"""Specification of the class-balanced sampler and epoch length (class weights: test_losses.py)."""
 
 import numpy as np
 import pytest
 
 from jaxcls.config import default_config, resolve_automatic_fields
-from jaxcls.data import class_weights
 from jaxcls.data import pipeline
 from jaxcls.data import sampling
 from jaxcls.data import sources
@@ -111,30 +110,3 @@ def test_uniform_sampler_at_the_split_size_keeps_the_plain_shuffle(imbalanced_di
   assert len(labels) == len(imbalanced_digits) // 50 * 50
   config.epoch_examples = len(imbalanced_digits)
   np.testing.assert_array_equal(labels_of(epoch(imbalanced_digits, config)), labels)
-
-
-def test_inverse_class_weights_are_proportional_to_one_over_count_with_mean_one():
-  weights = class_weights([100, 10, 50], mode='inverse')
-  np.testing.assert_allclose(weights.mean(), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(weights / weights[0], [1, 10, 2], rtol=1e-6)
-
-
-def test_effective_number_weights_follow_cui_et_al():
-  counts = np.array([1000, 100, 10])
-  beta = 0.99
-  effective = (1 - beta ** counts) / (1 - beta)
-  weights = class_weights(counts, mode='effective', beta=beta)
-  np.testing.assert_allclose(weights, (1 / effective) / (1 / effective).mean(), rtol=1e-6)
-  # beta -> 0: no re-weighting; beta -> 1: inverse frequency.
-  np.testing.assert_allclose(class_weights(counts, mode='effective', beta=0.0), 1.0)
-  np.testing.assert_allclose(class_weights(counts, mode='effective', beta=1 - 1e-9),
-                             class_weights(counts, mode='inverse'), rtol=1e-3)
-
-
-def test_class_weights_give_absent_classes_zero_and_reject_bad_input():
-  weights = class_weights(sampling.class_counts([0, 0, 2], num_classes=4))
-  np.testing.assert_allclose(weights, [2 / 3, 0, 4 / 3, 0], rtol=1e-6)
-  with pytest.raises(ValueError, match='mode'):
-    class_weights([1, 2], mode='sqrt')
-  with pytest.raises(ValueError, match='all zero'):
-    class_weights([0, 0])

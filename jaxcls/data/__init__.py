@@ -5,11 +5,10 @@ from jaxcls.data.pipeline import steps_per_epoch
 from jaxcls.data.pipeline import train_batches
 from jaxcls.data.pipeline import train_epoch_length
 from jaxcls.data.sampling import class_counts
-from jaxcls.data.sampling import class_weights
 from jaxcls.data.sampling import source_labels
 from jaxcls.data.sources import Dataset
 from jaxcls.data.sources import load_dataset
 
 __all__ = ['Dataset', 'load_dataset', 'steps_per_epoch', 'train_batches',
            'train_epoch_length', 'eval_batches', 'class_counts',
-           'class_weights', 'source_labels']
+           'source_labels']

@@ -1,4 +1,4 @@
-"""Which train examples an epoch holds; per-class loss weights for imbalance.
+"""Which train examples an epoch holds; class counts for per-class loss weights.
 
 The index functions are pure: the same labels, length and seed give the same
 order, so an epoch can be rebuilt (and resumed mid-way) from the seed alone.
@@ -7,7 +7,6 @@ order, so an epoch can be rebuilt (and resumed mid-way) from the seed alone.
 import numpy as np
 
 SAMPLERS = ('uniform', 'balanced')
-CLASS_WEIGHT_MODES = ('inverse', 'effective')
 
 
 def source_labels(source) -> np.ndarray:
@@ -64,35 +63,5 @@ def balanced_indices(labels, num_examples: int, seed: int) -> np.ndarray:
 
 
 def class_counts(labels, num_classes: int) -> np.ndarray:
-  """Examples per class, for `class_weights`."""
+  """Examples per class, for `losses.class_weights_from_counts`."""
   return np.bincount(np.asarray(labels, np.int64), minlength=num_classes)
-
-
-def class_weights(counts, mode: str = 'inverse',
-                  beta: float = 0.999) -> np.ndarray:
-  """Per-class loss weights from counts, with mean 1 over the present classes.
-
-  'inverse': proportional to 1 / count. 'effective': to the inverse effective
-  number of samples (1 - beta) / (1 - beta ** count) of Cui et al. 2019
-  ("Class-Balanced Loss Based on Effective Number of Samples"); beta -> 0 gives
-  equal weights and beta -> 1 the inverse frequency. Classes with no examples
-  get weight 0 (they never reach the loss).
-  """
-  counts = np.asarray(counts, np.float64)
-  if mode not in CLASS_WEIGHT_MODES:
-    raise ValueError(f'class weight mode {mode!r}: expected one of '
-                     f'{CLASS_WEIGHT_MODES}')
-  if counts.ndim != 1 or (counts < 0).any():
-    raise ValueError(f'class counts must be a 1-D array of counts >= 0, '
-                     f'got {counts}')
-  present = counts > 0
-  if not present.any():
-    raise ValueError('class counts are all zero')
-  weights = np.zeros_like(counts)
-  if mode == 'inverse':
-    weights[present] = 1.0 / counts[present]
-  else:
-    if not 0 <= beta < 1:
-      raise ValueError(f'beta={beta}: must be in [0, 1)')
-    weights[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
-  return (weights * present.sum() / weights.sum()).astype(np.float32)
