@@ -13,6 +13,16 @@ from orbax.checkpoint import checkpoint_managers
 from jaxcls.steps import TrainState
 
 
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (full or read-only disk...); older ones are kept."""
+
+  def __init__(self, step: int | None, directory: Path, cause: Exception):
+    super().__init__(
+        f'could not write the checkpoint{"" if step is None else f" of step {step}"} to '
+        f'{directory}: {type(cause).__name__}: {cause}. Training stopped; the older checkpoints '
+        'there are untouched: free space or fix permissions, then rerun to resume.')
+
+
 class Checkpointer:
   """Saves after every epoch with that epoch's validation metrics; restores latest or best."""
 
@@ -24,18 +34,22 @@ class Checkpointer:
         checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1),
     ])
     self.best_metric = metric
+    self.directory = Path(directory).resolve()
     self._manager = ocp.CheckpointManager(
         # Orbax wants absolute paths; users give `--workdir runs/x`.
-        Path(directory).resolve(), item_names=('state', 'meta'),
+        self.directory, item_names=('state', 'meta'),
         options=ocp.CheckpointManagerOptions(
             best_fn=best_fn, best_mode=mode, preservation_policy=policy, create=True))
 
   def save(self, state: TrainState, meta: dict, metrics: dict[str, float]) -> None:
     """Saves asynchronously; `meta` is JSON (epoch, data position) kept beside the state."""
     step = int(state.step)
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics={k: float(v) for k, v in metrics.items()})
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics={k: float(v) for k, v in metrics.items()})
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(step, self.directory, e) from e
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -54,7 +68,10 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(None, self.directory, e) from e
 
   def close(self) -> None:
     self._manager.close()

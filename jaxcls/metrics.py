@@ -5,6 +5,7 @@ reduction across devices is XLA's; the loop merges them on the device and
 fetches them once per logging interval.
 """
 
+import flax
 import jax.numpy as jnp
 from clu import metrics
 
@@ -16,8 +17,27 @@ def _top5_correct(logits, labels, **_):
   return (top5 == labels[:, None]).any(axis=-1).astype(jnp.float32)
 
 
+@flax.struct.dataclass
+class FirstNonFiniteStep(metrics.Metric):
+  """The first step (1-based) whose loss or gradient norm was not finite; int32 max: none."""
+  step: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, nonfinite_step, **_) -> 'FirstNonFiniteStep':
+    return cls(step=jnp.min(nonfinite_step))
+
+  def merge(self, other: 'FirstNonFiniteStep') -> 'FirstNonFiniteStep':
+    return type(self)(step=jnp.minimum(self.step, other.step))
+
+  def compute(self) -> jnp.ndarray:
+    return self.step
+
+
+# Not a metric to plot: the loop pops it from every computed collection.
+NONFINITE = 'first_nonfinite_step'
 _TRAIN_FIELDS = dict(loss=metrics.Average.from_output('loss'), accuracy=metrics.Accuracy,
-                     learning_rate=metrics.LastValue.from_output('learning_rate'))
+                     learning_rate=metrics.LastValue.from_output('learning_rate'),
+                     **{NONFINITE: FirstNonFiniteStep})
 TrainMetrics = metrics.Collection.create(**_TRAIN_FIELDS)
 
 # Under Mixup/CutMix an image has two labels; the train step then passes the

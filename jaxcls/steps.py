@@ -112,6 +112,10 @@ def multitask_loss(model: nnx.Module, images: jax.Array, targets: dict[str, jax.
   return loss, head(features).astype(jnp.float32)
 
 
+# `nonfinite_step` of a step whose loss and gradient are finite.
+NO_STEP = jnp.iinfo(jnp.int32).max
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, learning_rate_fn: optax.Schedule,
                mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype, loss_fn: LossFn,
@@ -175,10 +179,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   # The optimizers run at unit learning rate (`optim.create_optimizer`).
   updates = jax.tree.map(lambda u: learning_rate * u, updates)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            model_state=model_state, opt_state=opt_state)
+  updated = state.replace(params=optax.apply_updates(state.params, updates),
+                          model_state=model_state, opt_state=opt_state)
+  # A non-finite loss or gradient never reaches the state: the step leaves it
+  # as it was (the loop stops or skips on `nonfinite_step`).
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(trainable_grads))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  new_state = new_state.replace(step=state.step + 1)
   step_metrics = metrics_cls.single_from_model_output(
-      loss=loss, logits=logits, labels=metric_labels, learning_rate=learning_rate)
+      loss=loss, logits=logits, labels=metric_labels, learning_rate=learning_rate,
+      nonfinite_step=jnp.where(finite, NO_STEP, state.step + 1))
   return new_state, step_metrics
 
 

@@ -9,6 +9,7 @@ updates ReduceLROnPlateau (whose scale the state carries into the step) and
 early stopping, both kept in the checkpoint's meta.
 """
 
+import contextlib
 import functools
 import json
 import time
@@ -26,13 +27,15 @@ from PIL import Image
 from jaxcls import data, finetune, losses, parallel
 from jaxcls.checkpointing import Checkpointer
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
-from jaxcls.metrics import eval_metrics_class, train_accuracy, train_metrics_class
+from jaxcls.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
 from jaxcls.mixing import Mixup
 from jaxcls.models import model_from_config
 from jaxcls.optim import create_optimizer, learning_rate_schedule
 from jaxcls.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
-from jaxcls.steps import create_train_state, jit_preview, jit_steps
+from jaxcls.preemption import Preempted, PreemptionGuard
+from jaxcls.steps import NO_STEP, create_train_state, jit_preview, jit_steps
 from jaxcls.tasks import tasks_from_class_names
+from jaxcls.workdir import check_config as check_workdir_config
 from jaxcls.writers import ProgressReporter, create_writer
 
 
@@ -53,8 +56,15 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
   return {f'{prefix}_{k}': float(v) for k, v in metrics.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict:
+  """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json.
+
+  A workdir holding a run of another config is refused (`jaxcls.workdir`)
+  unless `allow_config_change`. SIGTERM/SIGINT checkpoint the current step and
+  raise `Preempted`; a non-finite loss or gradient raises `NonFiniteError`
+  (or, with train.nonfinite='skip', leaves that step out).
+  """
   started = time.monotonic()
   validate(config, device_count=jax.device_count())
   config = resolve_automatic_fields(config)
@@ -66,6 +76,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                jax.devices()[0].device_kind, jax.process_index(), jax.process_count(),
                jax.local_devices())
   logging.info('config:\n%s', config)
+  checkpoint_dir = workdir_path / 'checkpoints'
+  check_workdir_config(workdir_path, config, allow_change=allow_config_change,
+                       has_checkpoints=checkpoint_dir.is_dir() and any(
+                           p.name.isdigit() for p in checkpoint_dir.iterdir()))
   if is_main:
     (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
@@ -91,8 +105,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  ', '.join(f'{n} {v}' for n, v in zip(tasks.names, tasks.values)))
 
   batch_size = config.train.batch_size
-  steps_per_epoch = data.steps_per_epoch(
-      data.train_epoch_length(len(dataset.train), config.data), batch_size)
+  epoch_length = data.train_epoch_length(len(dataset.train), config.data)
+  if epoch_length < batch_size:
+    raise ConfigError(f'config.train.batch_size={batch_size}: the train split has only '
+                      f'{epoch_length} examples per epoch, fewer than one batch; use a smaller '
+                      'batch size (or more training data)')
+  steps_per_epoch = data.steps_per_epoch(epoch_length, batch_size)
   num_steps = steps_per_epoch * config.train.num_epochs
   learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch,
                                             config.train.num_epochs)
@@ -102,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   optimizer = lambda trainable: create_optimizer(  # noqa: E731
       config.optimizer, labels, trainable, plan.lr_multipliers)
 
-  checkpointer = Checkpointer(str(workdir_path / 'checkpoints'), config.checkpoint)
+  checkpointer = Checkpointer(str(checkpoint_dir), config.checkpoint)
   latest = checkpointer.latest_step()
   # The optimizer state has the shape of the saved phase's optimizer.
   trainable = tuple(checkpointer.restore_meta(latest)['trainable_groups']) if latest is not None \
@@ -170,6 +188,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
     stopped_early_at_epoch = start_epoch
     start_epoch = config.train.num_epochs
+  def _meta(epochs_done, history, phase) -> dict:
+    """What a checkpoint keeps beside the state (JSON): enough to resume and to report."""
+    meta = dict(epoch=epochs_done, steps_per_epoch=steps_per_epoch, history=history,
+                class_names=list(dataset.class_names), trainable_groups=list(phase.trainable))
+    if plateau is not None:
+      meta['plateau'] = plateau_state.to_dict()
+    if early_stopping is not None:
+      meta['early_stopping'] = stopping_state.to_dict()
+    return meta
+
+  guard = PreemptionGuard().__enter__()
   for epoch in range(start_epoch, config.train.num_epochs):
     if plan.trainable_at(epoch) != phase.trainable:  # Re-jits once per phase.
       logging.info('epoch %d: training %s (frozen: %s)', epoch + 1,
@@ -188,11 +217,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            writer, step)
         preview_fn = None
       step_started = time.monotonic()
-      state, step_metrics = train_fn(state, batch)
       if first_step_seconds is None:  # Includes compilation: keep it out of the images/s.
-        jax.block_until_ready(state)
+        with _out_of_memory_hint(config):
+          state, step_metrics = train_fn(state, batch)
+          jax.block_until_ready(state)
         first_step_seconds = time.monotonic() - step_started
       else:
+        state, step_metrics = train_fn(state, batch)
         images_seen += batch_size
       step += 1
       interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
@@ -200,14 +231,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
       progress(step)
       if step % config.train.log_every_steps == 0:
-        writer.write_scalars(step, _prefixed('train', interval_metrics.compute()))
+        writer.write_scalars(step, _prefixed('train', _finite_or_stop(
+            interval_metrics.compute(), config, checkpointer)))
         interval_metrics = None
+      if guard.requested:  # SIGTERM/SIGINT: this step's state, then stop.
+        _finite_or_stop(epoch_metrics.compute(), config, checkpointer)
+        checkpointer.save(state, meta=_meta(epoch, history, phase), metrics=_never_best(config))
+        checkpointer.wait()
+        guard.__exit__()
+        raise Preempted(guard.requested, step, workdir)
     jax.block_until_ready(state)
     train_seconds += time.monotonic() - epoch_started
 
     with progress.timed('eval'):
       val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)
-    train_summary = {k: float(v) for k, v in epoch_metrics.compute().items()}
+    train_summary = {k: float(v) for k, v in _finite_or_stop(
+        epoch_metrics.compute(), config, checkpointer).items()}
     entry = dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
                  seconds=time.monotonic() - epoch_started)
     if plateau is not None:
@@ -228,12 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
                  epoch + 1, config.train.num_epochs, train_summary['loss'],
                  train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
-    meta = dict(epoch=epoch + 1, steps_per_epoch=steps_per_epoch, history=history,
-                class_names=list(dataset.class_names), trainable_groups=list(phase.trainable))
-    if plateau is not None:
-      meta['plateau'] = plateau_state.to_dict()
-    if early_stopping is not None:
-      meta['early_stopping'] = stopping_state.to_dict()
+    meta = _meta(epoch + 1, history, phase)
     with progress.timed('checkpoint'):
       checkpointer.save(state, meta=meta, metrics=val_metrics)
     if stopping_state is not None and stopping_state.should_stop:
@@ -243,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    early_stopping.min_delta, early_stopping.patience, stopping_state.best,
                    stopping_state.best_epoch)
       break
+  guard.__exit__()
   progress.close()
   checkpointer.wait()
 
@@ -295,6 +330,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 FIRST_BATCH_PNG = 'first_batch.png'
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient norm stopped being finite (train.nonfinite='stop')."""
+
+
+def _finite_or_stop(computed: dict, config, checkpointer: Checkpointer) -> dict:
+  """`computed` train metrics without their non-finite marker, after acting on it."""
+  first = int(computed.pop(NONFINITE))
+  if first == NO_STEP:
+    return computed
+  if config.train.nonfinite == 'skip':
+    logging.warning('non-finite loss or gradient norm at step %d: that step (and any other '
+                    'such in this interval) left the state unchanged', first)
+    return computed
+  latest = checkpointer.latest_step()
+  raise NonFiniteError(
+      f'non-finite loss or gradient norm at step {first}; no checkpoint holds it. The last '
+      + (f'good checkpoint is step {latest} in {checkpointer.directory}' if latest is not None
+         else 'run has no checkpoint yet')
+      + '. Lower optimizer.learning_rate, look at the data, or pass '
+      "--config.train.nonfinite=skip to leave such steps out.")
+
+
+def _never_best(config) -> dict:
+  """Metrics for a mid-epoch (preemption) checkpoint: never the best, only the latest."""
+  worst = float('-inf') if config.checkpoint.best_mode == 'max' else float('inf')
+  return {config.checkpoint.best_metric: worst}
+
+
+@contextlib.contextmanager
+def _out_of_memory_hint(config):
+  """Turns XLA's out-of-memory error at the first step into advice."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(e).lower():
+      raise
+    raise ConfigError(
+        f'config.train.batch_size={config.train.batch_size}: out of device memory at the first '
+        f'step; try --config.train.batch_size={max(config.train.batch_size // 2, 1)}'
+        + ('' if config.model.dtype == 'bfloat16' else ' or --config.model.dtype=bfloat16')
+        + f' ({str(e).splitlines()[0][:200]})') from e
 
 
 def _plateau_from_config(config) -> tuple[ReduceLROnPlateau | None, str]:

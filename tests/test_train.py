@@ -52,37 +52,67 @@ def test_impossible_value_names_the_field(tmp_path):
   assert not (tmp_path / 'checkpoints').exists()
 
 
+def _wait_for(condition, process, timeout=600):
+  deadline = time.monotonic() + timeout
+  while not condition() and process.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+  return condition()
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-  reference, resumed = tmp_path / 'reference', tmp_path / 'resumed'
-  run_main(reference, *TINY)
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_run_dir):
+  """SIGKILL inside a checkpoint write, SIGKILL at a random moment, SIGTERM: the resumed run
+  ends where the uninterrupted one (`tiny_run_dir`, the same config) did."""
+  resumed = tmp_path / 'resumed'
+  checkpoints = resumed / 'checkpoints'
+  args = (*TINY, '--config.train.log_every_steps=5')
 
-  # Kill -9 as soon as the first epoch's checkpoint is complete (Orbax renames the
-  # temporary directory to the bare step number only when the write has finished).
-  process = subprocess.Popen(main_command(resumed, *TINY), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  first_checkpoint = resumed / 'checkpoints' / str(STEPS_PER_EPOCH)
-  deadline = time.monotonic() + 600
-  while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
+  def start():
+    return subprocess.Popen(main_command(resumed, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+  def steps_on_disk():
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) \
+        if checkpoints.is_dir() else []
+
+  # 1. SIGKILL while Orbax writes a checkpoint (its temporary directory exists).
+  process = start()
+  writing = lambda: checkpoints.is_dir() and any(  # noqa: E731
+      'tmp' in p.name for p in checkpoints.iterdir())
+  assert _wait_for(writing, process), 'never caught a checkpoint being written'
+  process.kill()
   process.wait()
-  assert first_checkpoint.exists()
+  # 2. SIGKILL at a random moment after the resumed run has loaded its data (seeded).
+  started = time.time()
+  process = start()
+  report = resumed / 'data_report.json'
+  assert _wait_for(lambda: report.stat().st_mtime > started, process)
+  time.sleep(np.random.default_rng(0).uniform(0.0, 4.0))
+  process.kill()
+  process.wait()
   assert not (resumed / 'results.json').exists(), 'the run finished before it could be killed'
+  # 3. SIGTERM just after the next epoch's checkpoint: checkpoint the current step, exit 143.
+  before = steps_on_disk()
+  process = start()
+  assert _wait_for(lambda: steps_on_disk() != before, process)
+  time.sleep(1.0)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert 'SIGTERM received: stopped after step' in stderr
+  assert max(steps_on_disk()) % STEPS_PER_EPOCH != 0, 'expected a mid-epoch checkpoint'
 
-  log = run_main(resumed, *TINY).stderr
+  log = run_main(resumed, *args).stderr
   assert 'resumed from the checkpoint at step' in log
-
-  expected = json.loads((reference / 'results.json').read_text())
+  expected = json.loads((tiny_run_dir / 'results.json').read_text())
   actual = json.loads((resumed / 'results.json').read_text())
   assert [h['epoch'] for h in actual['history']] == [1, 2, 3]
   for want, got in zip(expected['history'], actual['history']):
-    for split in ('train', 'val'):
-      for name, value in want[split].items():
-        np.testing.assert_allclose(got[split][name], value, rtol=1e-4, atol=1e-6)
+    for name, value in want['val'].items():
+      np.testing.assert_allclose(got['val'][name], value, rtol=1e-4, atol=1e-6)
   for name, value in expected['test'].items():
     np.testing.assert_allclose(actual['test'][name], value, rtol=1e-4, atol=1e-6)
-  (step_a, params_a), (step_b, params_b) = final_params(reference), final_params(resumed)
+  (step_a, params_a), (step_b, params_b) = final_params(tiny_run_dir), final_params(resumed)
   assert step_a == step_b == 3 * STEPS_PER_EPOCH
   flat_a, flat_b = ocp.tree.to_flat_dict(params_a), ocp.tree.to_flat_dict(params_b)
   assert flat_a.keys() == flat_b.keys()
