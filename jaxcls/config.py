@@ -140,6 +140,11 @@ def _value_errors(c, device_count: int) -> list[str]:
     check(split[0] > 0, 'data.split', f'the train {kind[:-1]} must be positive')
   except ValueError as e:
     check(False, 'data.split', str(e))
+  check(c.data.num_folds == 0 or c.data.num_folds >= 2, 'data.num_folds',
+        'must be 0 (off) or >= 2')
+  check(0 <= c.data.fold < max(c.data.num_folds, 1), 'data.fold',
+        f'must be in [0, data.num_folds={c.data.num_folds})' if c.data.num_folds else
+        'must be 0 when data.num_folds is 0 (k-fold off)')
   check(c.data.image_size >= 0, 'data.image_size', 'must be positive (or 0: automatic)')
   check(c.data.resize_size == 0 or c.data.resize_size >= c.data.image_size, 'data.resize_size',
         'must be 0 or at least data.image_size (resize, then center-crop)')

@@ -20,8 +20,10 @@ def initialize_distributed() -> None:
   """Starts JAX's multi-host runtime when the environment describes several processes.
 
   `jax.distributed.initialize()` finds the coordinator itself on Cloud TPU
-  pods, SLURM and Open MPI, or from JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID; a single-process run skips it.
+  pods, SLURM and Open MPI; JAX_COORDINATOR_ADDRESS (host:port of process 0),
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID describe any other launch (JAX reads
+  only the address itself, so the other two are passed here). A
+  single-process run skips it. On CPU the processes reduce over gloo.
   """
   env = os.environ
   multi_process = (
@@ -30,7 +32,11 @@ def initialize_distributed() -> None:
       or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
       or ',' in env.get('TPU_WORKER_HOSTNAMES', ''))
   if multi_process:
-    jax.distributed.initialize()
+    explicit = {}
+    if 'JAX_NUM_PROCESSES' in env and 'JAX_PROCESS_ID' in env:
+      explicit = dict(num_processes=int(env['JAX_NUM_PROCESSES']),
+                      process_id=int(env['JAX_PROCESS_ID']))
+    jax.distributed.initialize(**explicit)
     logging.info('jax.distributed: process %d of %d', jax.process_index(), jax.process_count())
 
 

@@ -149,7 +149,8 @@ def load_dataset(data_config, workdir: str | None) -> Dataset:
 def _carve(data_config, workdir, labels, missing, keys=None):
   return splits.load_or_carve(
       labels, tuple(data_config.split), data_config.split_seed, missing,
-      source=data_config.source, workdir=workdir, keys=keys)
+      source=data_config.source, workdir=workdir, keys=keys,
+      num_folds=data_config.num_folds, fold=data_config.fold)
 
 
 def _load_digits(data_config, workdir) -> Dataset:

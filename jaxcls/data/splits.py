@@ -1,8 +1,13 @@
-"""Stratified train/val/test splits, and their record in WORKDIR/splits.json.
+"""Stratified train/val/test splits, k-fold, and their record in WORKDIR/splits.json.
 
 A split is drawn once and written down: a resumed run (or an evaluation run in
 the same workdir) must see exactly the examples the first run held out, even if
 the code that draws splits changes later.
+
+For k-fold cross-validation the test split is drawn as usual and the rest (train
++ val) is divided into `num_folds` stratified parts: fold k validates on part k
+and trains on the others, so the folds' val splits are disjoint and together
+cover train + val, and every fold is tested on the same test split.
 """
 
 import json
@@ -104,6 +109,43 @@ def stratified_split(labels: np.ndarray, split, seed: int):
       .astype(np.int64) for name in SPLIT_NAMES)
 
 
+def stratified_folds(labels: np.ndarray, num_folds: int, seed: int) -> list[np.ndarray]:
+  """`num_folds` disjoint sorted index arrays covering `labels`, each class spread evenly.
+
+  Each class's examples, in a random order drawn from `seed`, are dealt to the
+  folds in turn, continuing where the previous class stopped: every fold gets
+  within one example of each class's share and within one of the others' size.
+  """
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  dealt = np.concatenate([rng.permutation(np.flatnonzero(labels == label))
+                          for label in np.unique(labels)] or [np.zeros(0, np.int64)])
+  return [np.sort(dealt[k::num_folds]).astype(np.int64) for k in range(num_folds)]
+
+
+def carve_fold(labels: np.ndarray, split, seed: int, missing: tuple[str, ...],
+               num_folds: int, fold: int):
+  """k-fold `carve_splits`: test as `split` draws it (when missing), then val is
+  fold `fold` of the `num_folds` stratified parts of the rest."""
+  if 'val' not in missing:
+    raise ValueError(
+        f'data.num_folds={num_folds}: k-fold draws val from the training pool, but '
+        'this source has its own val split.')
+  kind, values = parse_split(split)
+  # Val's share goes to the pool that the folds divide.
+  pool_and_test = (values[0] + values[1], type(values[1])(0), values[2])
+  if 'test' in missing:
+    pool, _, test = stratified_split(labels, pool_and_test, seed)
+  else:
+    pool, test = np.arange(len(labels)), None
+  parts = stratified_folds(np.asarray(labels)[pool], num_folds, seed)
+  carved = {'train': np.sort(pool[np.concatenate(
+      [p for k, p in enumerate(parts) if k != fold])]), 'val': pool[parts[fold]]}
+  if test is not None:
+    carved['test'] = test
+  return carved
+
+
 def carve_splits(labels: np.ndarray, split, seed: int,
                  missing: tuple[str, ...]):
   """Makes the `missing` splits from a training pool with these `labels`.
@@ -128,8 +170,9 @@ def carve_splits(labels: np.ndarray, split, seed: int,
 
 
 def load_or_carve(labels, split, seed, missing, *, source: str,
-                  workdir: str | None, keys=None):
-  """`carve_splits`, or the split recorded in WORKDIR/splits.json.
+                  workdir: str | None, keys=None, num_folds: int = 0, fold: int = 0):
+  """`carve_splits` (`carve_fold` with `num_folds` >= 2), or the split recorded
+  in WORKDIR/splits.json.
 
   `keys` (optional, one string per pool example, e.g. relative file paths) is
   what gets recorded instead of indices, so a folder split survives files
@@ -140,6 +183,8 @@ def load_or_carve(labels, split, seed, missing, *, source: str,
     with open(path) as f:
       record = json.load(f)
     expected = {'source': source, 'seed': seed, 'split': list(split)}
+    if num_folds:
+      expected.update(num_folds=num_folds, fold=fold)
     found = {k: record.get(k) for k in expected}
     if found != expected:
       raise ValueError(
@@ -147,11 +192,14 @@ def load_or_carve(labels, split, seed, missing, *, source: str,
           'Use a fresh workdir or the original data config.')
     return {name: _to_indices(record[name], keys, path)
             for name in record['splits']}
-  carved = carve_splits(labels, split, seed, missing)
+  carved = (carve_fold(labels, split, seed, missing, num_folds, fold) if num_folds
+            else carve_splits(labels, split, seed, missing))
   if path:
     os.makedirs(workdir, exist_ok=True)
     record = {'source': source, 'seed': seed, 'split': list(split),
               'splits': list(carved)}
+    if num_folds:
+      record.update(num_folds=num_folds, fold=fold)
     for name, idx in carved.items():
       record[name] = ([keys[i] for i in idx] if keys is not None
                       else idx.tolist())

@@ -1,0 +1,24 @@
+"""The same network and schedule from ImageNet weights and from scratch.
+
+    python launch/ablations/pretrained_vs_scratch.py [--dataset tfds:cifar10] [--epochs 6]
+
+EfficientNet-Lite0 (configs/finetune_digits.py rows 'full' and 'scratch': the
+real ImageNet weights, installed offline, vs random initialisation), fully
+trained; writes ROOT/pretrained_vs_scratch.md.
+"""
+
+import sys
+
+from common import run_suite  # pylint: disable=g-import-not-at-top
+
+BASE = 'configs/finetune_digits.py'
+
+
+def sweeps(args):
+  del args
+  return {'init': {'grid': {'init': {'pretrained': {'config_arg': 'full'},
+                                     'scratch': {'config_arg': 'scratch'}}}}}
+
+
+if __name__ == '__main__':
+  sys.exit(run_suite(__doc__, 'pretrained_vs_scratch', BASE, sweeps))
