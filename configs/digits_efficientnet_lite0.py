@@ -52,6 +52,6 @@ def get_config(mode: str = 'pretrained'):
   config.data.std = (128 / 255,) * 3
   config.optimizer.learning_rate = 0.02
   config.optimizer.weight_decay = 1e-5
-  config.train.num_epochs = 3
+  config.train.num_epochs = 8
   config.train.batch_size = 64
   return config
