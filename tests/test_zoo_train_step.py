@@ -15,8 +15,12 @@ def _narrow(name):
   return dict(width=8 if name.startswith('convnext') else 4)
 
 
-# Narrowed to the same dims, ConvNeXt base and large are small's network (depths 3, 3, 27, 3).
-ARCHITECTURES = [n for n in list_models() if n not in ('convnext_base', 'convnext_large')]
+# Narrowed to the same dims, ConvNeXt base and large are small's network (depths 3, 3, 27, 3);
+# EfficientNet B1-B7 and Lite1-4 are B0's and Lite0's definition at other depths (their parity
+# tests build each), ResNet-152 is ResNet-101's blocks, more of them.
+_SAME_DEFINITION = ('convnext_base', 'convnext_large', 'resnet152') + tuple(
+    f'efficientnet_b{i}' for i in range(1, 8)) + tuple(f'efficientnet_lite{i}' for i in range(1, 5))
+ARCHITECTURES = [n for n in list_models() if n not in _SAME_DEFINITION]
 
 
 @pytest.mark.slow
