@@ -241,6 +241,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Label smoothing of the training loss's targets (0: off); applied once, in
   # the loss, also under Mixup/CutMix (smoothing and mixing commute).
   train.label_smoothing = 0.0
+  # A step whose loss or gradient norm is not finite never updates the state;
+  # 'stop': training then stops with an error naming the step and the last
+  # good checkpoint; 'skip': training goes on without that step.
+  train.nonfinite = 'stop'
   # Write training metrics every this many steps (they are averaged over
   # those steps on the device and fetched once).
   train.log_every_steps = 20

@@ -159,6 +159,7 @@ def _value_errors(c, device_count: int) -> list[str]:
         "expected 'uniform' or 'balanced'")
   check(c.data.epoch_examples >= 0, 'data.epoch_examples',
         'must be >= 0 (0: the train split\'s size)')
+  check(0 <= c.data.max_bad_fraction <= 1, 'data.max_bad_fraction', 'must be in [0, 1]')
   check(c.data.num_workers >= 0, 'data.num_workers', 'must be >= 0')
   check(c.data.num_threads >= 1, 'data.num_threads', 'must be >= 1')
   check(c.data.prefetch >= 1, 'data.prefetch', 'must be >= 1')
@@ -200,6 +201,7 @@ def _value_errors(c, device_count: int) -> list[str]:
           f'must be divisible by the device count ({device_count})')
   check(0 <= c.train.label_smoothing < 1, 'train.label_smoothing', 'must be in [0, 1)')
   check(c.train.log_every_steps >= 1, 'train.log_every_steps', 'must be >= 1')
+  check(c.train.nonfinite in ('stop', 'skip'), 'train.nonfinite', "expected 'stop' or 'skip'")
 
   _check_regularization(c, check)
 
