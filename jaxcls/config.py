@@ -170,7 +170,7 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(c.model.head in ('linear', 'mlp'), 'model.head', "expected 'linear' or 'mlp'")
   check(c.model.head_hidden >= 1, 'model.head_hidden', 'must be >= 1')
   check(0 <= c.model.head_dropout < 1, 'model.head_dropout', 'must be in [0, 1)')
-  if c.model.name in list_models():
+  if c.model.name in list_models() and c.model.width >= 0:  # Else the model cannot be built.
     errors += _finetune_errors(c)
   check(c.tasks.mode in ('combined', 'heads'), 'tasks.mode', "expected 'combined' or 'heads'")
   check(len(c.tasks.names) != 1, 'tasks.names', 'name two or more tasks, or none')

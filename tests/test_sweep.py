@@ -241,15 +241,15 @@ def test_rerun_skips_finished_trials(grid_root, compile_cache):
 
 @pytest.mark.slow
 def test_a_crashed_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, compile_cache):
-  variants = {'grid': {'variant': {'bad': {'model.width': -1}, 'good': {}}}}
+  variants = {'grid': {'variant': {'bad': {'optimizer.learning_rate': -1.0}, 'good': {}}}}
   outcome = sweep.run_sweep(DEFAULT, variants, tmp_path, fixed=TINY, devices=[],
                             extra_env=compile_cache)
   assert outcome == {'variant=bad': 'failed', 'variant=good': 'finished'}
   failed = json.loads((tmp_path / 'variant=bad' / 'trial.json').read_text())
   assert failed['status'] == 'failed' and failed['returncode'] != 0
-  assert 'config.model.width=-1' in failed['log_tail']
+  assert 'config.optimizer.learning_rate=-1.0: must be positive' in failed['log_tail']
   rows = {r['trial']: r for r in summarize.summarize(tmp_path)['rows']}
-  assert rows['variant=bad']['status'] == 'failed' and 'model.width' in rows['variant=bad']['error']
+  assert rows['variant=bad']['status'] == 'failed' and 'learning_rate' in rows['variant=bad']['error']
   # A re-run skips the finished trial (and, asked to, leaves the failed one).
   again = sweep.run_sweep(DEFAULT, variants, tmp_path, fixed=TINY, devices=[],
                           retry_failed=False, extra_env=compile_cache)
