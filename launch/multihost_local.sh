@@ -9,6 +9,7 @@
 # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set (read by
 # jaxcls.parallel.initialize_distributed); process 0 writes the logs and results.json.
 # Logs: WORKDIR/process_I.log. Exit status: the first failing process's, else 0.
+# $PYTHON picks the interpreter (default: python on PATH, e.g. an activated venv's).
 set -euo pipefail
 
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ ]]; then
@@ -27,13 +28,14 @@ done
 [[ -n "$workdir" ]] || { echo "$0: --workdir is required" >&2; exit 2; }
 mkdir -p "$workdir"
 
-port=${JAX_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
+python=${PYTHON:-python}  # The interpreter with jaxcls installed (default: python on PATH).
+port=${JAX_PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
 pids=()
 for ((rank = 0; rank < num_processes; rank++)); do
   JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES="" \
   JAX_COORDINATOR_ADDRESS="localhost:$port" JAX_NUM_PROCESSES="$num_processes" \
   JAX_PROCESS_ID="$rank" \
-    python -m jaxcls.main "$@" > "$workdir/process_$rank.log" 2>&1 &
+    "$python" -m jaxcls.main "$@" > "$workdir/process_$rank.log" 2>&1 &
   pids+=($!)
 done
 status=0

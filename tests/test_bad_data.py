@@ -3,20 +3,19 @@
 import json
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+from jaxcls.config import default_config
 from jaxcls.data import scan, sources
 
 
 def _config(root, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      source=f'folder:{root}', data_dir=None, download=False, split=(0.6, 0.2, 0.2), split_seed=0,
-      num_threads=4, max_bad_fraction=0.5))
-  config.update(overrides)
+  config = default_config().data
+  config.update({'source': f'folder:{root}', 'split': (0.6, 0.2, 0.2),
+                 'max_bad_fraction': 0.5, **overrides})
   return config
 
 

@@ -36,7 +36,7 @@ def _final_params(workdir: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_two_cpu_processes_train_like_one_with_the_same_global_batch(tmp_path):
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu', PYTHON=sys.executable)
   two, one = tmp_path / 'two_processes', tmp_path / 'one_process'
   args = ['--config', str(REPO / 'configs' / 'default.py')] + TINY
   launched = subprocess.run(

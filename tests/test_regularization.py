@@ -21,7 +21,7 @@ from PIL import Image
 from jaxcls import data
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
 from jaxcls.losses import make_loss_fn
-from jaxcls.metrics import eval_metrics_class, train_metrics_class
+from jaxcls.metrics import NONFINITE, eval_metrics_class, train_metrics_class
 from jaxcls.mixing import Mixup
 from jaxcls.models import create_model, model_from_config
 from jaxcls.optim import create_optimizer, learning_rate_schedule
@@ -55,7 +55,7 @@ def test_step_with_mixup_and_cutmix_fits_a_fixed_batch_and_names_its_accuracy(co
   for _ in range(20):
     state, metrics = train_fn(state, batch)
   summary = metrics.compute()
-  assert set(summary) == {'loss', 'accuracy_vs_dominant_label', 'learning_rate'}
+  assert set(summary) == {'loss', 'accuracy_vs_dominant_label', 'learning_rate', NONFINITE}
   assert eval_fn(state, batch).compute()['loss'] < 0.7 * first_loss
 
 
@@ -64,9 +64,9 @@ def test_train_accuracies_are_named_for_the_dominant_label_only_under_mixing():
   plain = train_metrics_class(tasks)
   mixed = train_metrics_class(tasks, mixing=True)
   assert set(plain.__annotations__) == {'loss', 'accuracy', 'learning_rate', 'letter_accuracy',
-                                        'mark_accuracy'}
+                                        'mark_accuracy', NONFINITE}
   assert set(mixed.__annotations__) == {
-      'loss', 'accuracy_vs_dominant_label', 'learning_rate',
+      'loss', 'accuracy_vs_dominant_label', 'learning_rate', NONFINITE,
       'letter_accuracy_vs_dominant_label', 'mark_accuracy_vs_dominant_label'}
 
 
@@ -163,8 +163,8 @@ def resumed_run(tmp_path_factory):
     patch.setattr('jaxcls.evaluate.report_finished_run', lambda workdir: None)
     train_and_evaluate(config, str(workdir))
     written = (workdir / 'first_batch.png').stat().st_mtime_ns
-    config.train.num_epochs = MAX_EPOCHS
-    results = train_and_evaluate(config, str(workdir))
+    config.train.num_epochs = MAX_EPOCHS  # Training longer is a change the workdir must allow.
+    results = train_and_evaluate(config, str(workdir), allow_config_change=True)
   return dict(workdir=workdir, config=config, results=results, first_batch_mtime=written)
 
 
