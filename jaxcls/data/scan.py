@@ -78,7 +78,7 @@ def scan_files(paths: Sequence[str], cache_dir: str | Path | None = None,
       results[path] = check
   if cache_path is not None and todo:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix('.tmp')
+    tmp = cache_path.with_suffix(f'.tmp{os.getpid()}')  # Per process: multi-host runs share it.
     tmp.write_text(json.dumps({p: dataclasses.asdict(c) for p, c in results.items()}))
     os.replace(tmp, cache_path)  # Never a half-written cache.
   return results

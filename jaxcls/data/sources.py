@@ -372,5 +372,7 @@ def _write_report(workdir, report: dict) -> None:
     return
   path = os.path.join(workdir, 'data_report.json')
   os.makedirs(workdir, exist_ok=True)
-  with open(path, 'w') as f:
+  tmp = f'{path}.tmp{os.getpid()}'  # Whole or not at all; per process on shared disks.
+  with open(tmp, 'w') as f:
     json.dump(report, f, indent=2)
+  os.replace(tmp, path)

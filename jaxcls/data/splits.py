@@ -203,10 +203,12 @@ def load_or_carve(labels, split, seed, missing, *, source: str,
     for name, idx in carved.items():
       record[name] = ([keys[i] for i in idx] if keys is not None
                       else idx.tolist())
-    tmp = path + '.tmp'
+    # Atomic: a crash never leaves half a split. The name is per process, as
+    # every process of a multi-host run writes the same (deterministic) file.
+    tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w') as f:
       json.dump(record, f)
-    os.replace(tmp, path)  # Atomic: a crash never leaves half a split.
+    os.replace(tmp, path)
   return carved
 
 
