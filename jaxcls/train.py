@@ -198,86 +198,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       meta['early_stopping'] = stopping_state.to_dict()
     return meta
 
-  guard = PreemptionGuard().__enter__()
-  for epoch in range(start_epoch, config.train.num_epochs):
-    if plan.trainable_at(epoch) != phase.trainable:  # Re-jits once per phase.
-      logging.info('epoch %d: training %s (frozen: %s)', epoch + 1,
-                   ', '.join(plan.trainable_at(epoch)), ', '.join(plan.frozen_at(epoch)) or 'none')
-      state, phase = enter_phase(state, plan.trainable_at(epoch), previous=phase)
-      train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
-    epoch_started = time.monotonic()
-    batches = data.train_batches(
-        dataset.train, config.data, global_batch_size=batch_size, seed=config.seed, epoch=epoch,
-        start_step=start_in_epoch if epoch == start_epoch else 0,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    epoch_metrics = interval_metrics = None
-    for batch in parallel.prefetch_to_device(batches, batch_sharding, config.data.prefetch):
-      if preview_fn is not None:  # Before the step, which donates the state's buffers.
-        _write_first_batch(preview_fn(state.rng, state.step, batch['image']), preview_path,
-                           writer, step)
-        preview_fn = None
-      step_started = time.monotonic()
-      if first_step_seconds is None:  # Includes compilation: keep it out of the images/s.
-        with _out_of_memory_hint(config):
+  # SIGTERM/SIGINT set `guard.requested`; the handlers are restored however the loop ends.
+  with PreemptionGuard() as guard:
+    for epoch in range(start_epoch, config.train.num_epochs):
+      if plan.trainable_at(epoch) != phase.trainable:  # Re-jits once per phase.
+        logging.info('epoch %d: training %s (frozen: %s)', epoch + 1,
+                     ', '.join(plan.trainable_at(epoch)),
+                     ', '.join(plan.frozen_at(epoch)) or 'none')
+        state, phase = enter_phase(state, plan.trainable_at(epoch), previous=phase)
+        train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
+      epoch_started = time.monotonic()
+      batches = data.train_batches(
+          dataset.train, config.data, global_batch_size=batch_size, seed=config.seed, epoch=epoch,
+          start_step=start_in_epoch if epoch == start_epoch else 0,
+          process_index=jax.process_index(), process_count=jax.process_count())
+      epoch_metrics = interval_metrics = None
+      for batch in parallel.prefetch_to_device(batches, batch_sharding, config.data.prefetch):
+        if preview_fn is not None:  # Before the step, which donates the state's buffers.
+          _write_first_batch(preview_fn(state.rng, state.step, batch['image']), preview_path,
+                             writer, step)
+          preview_fn = None
+        step_started = time.monotonic()
+        if first_step_seconds is None:  # Includes compilation: keep it out of the images/s.
+          with _out_of_memory_hint(config):
+            state, step_metrics = train_fn(state, batch)
+            jax.block_until_ready(state)
+          first_step_seconds = time.monotonic() - step_started
+        else:
           state, step_metrics = train_fn(state, batch)
-          jax.block_until_ready(state)
-        first_step_seconds = time.monotonic() - step_started
-      else:
-        state, step_metrics = train_fn(state, batch)
-        images_seen += batch_size
-      step += 1
-      interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
-          step_metrics)
-      epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
-      progress(step)
-      if step % config.train.log_every_steps == 0:
-        writer.write_scalars(step, _prefixed('train', _finite_or_stop(
-            interval_metrics.compute(), config, checkpointer)))
-        interval_metrics = None
-      if guard.requested:  # SIGTERM/SIGINT: this step's state, then stop.
-        _finite_or_stop(epoch_metrics.compute(), config, checkpointer)
-        checkpointer.save(state, meta=_meta(epoch, history, phase), metrics=_never_best(config))
-        checkpointer.wait()
-        guard.__exit__()
-        raise Preempted(guard.requested, step, workdir)
-    jax.block_until_ready(state)
-    train_seconds += time.monotonic() - epoch_started
+          images_seen += batch_size
+        step += 1
+        interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
+            step_metrics)
+        epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
+        progress(step)
+        if step % config.train.log_every_steps == 0:
+          writer.write_scalars(step, _prefixed('train', _finite_or_stop(
+              interval_metrics.compute(), config, checkpointer)))
+          interval_metrics = None
+        if guard.requested:  # SIGTERM/SIGINT: this step's state, then stop.
+          _finite_or_stop(epoch_metrics.compute(), config, checkpointer)
+          checkpointer.save(state, meta=_meta(epoch, history, phase), metrics=_never_best(config))
+          checkpointer.wait()
+          raise Preempted(guard.requested, step, workdir)
+      jax.block_until_ready(state)
+      train_seconds += time.monotonic() - epoch_started
 
-    with progress.timed('eval'):
-      val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)
-    train_summary = {k: float(v) for k, v in _finite_or_stop(
-        epoch_metrics.compute(), config, checkpointer).items()}
-    entry = dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
-                 seconds=time.monotonic() - epoch_started)
-    if plateau is not None:
-      plateau_state = plateau.update(plateau_state, val_metrics[plateau_metric])
-      if plateau_state.scale != float(state.lr_scale):
-        logging.info('epoch %d: val %s has not improved for %d epochs: learning rate scale %g',
-                     epoch + 1, plateau_metric, plateau.patience, plateau_state.scale)
-      # The next epoch's steps read it; the checkpoint below keeps it.
-      state = state.replace(lr_scale=jax.device_put(
-          jnp.asarray(plateau_state.scale, jnp.float32), replicated))
-      entry['lr_scale'] = plateau_state.scale
-    if early_stopping is not None:
-      stopping_state = early_stopping.update(stopping_state, val_metrics[stopping_metric])
-    writer.write_scalars(step, {**_prefixed('val', val_metrics), 'epoch': epoch + 1,
-                                **({'lr_scale': plateau_state.scale} if plateau else {})})
-    writer.flush()
-    history.append(entry)
-    logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
-                 epoch + 1, config.train.num_epochs, train_summary['loss'],
-                 train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
-    meta = _meta(epoch + 1, history, phase)
-    with progress.timed('checkpoint'):
-      checkpointer.save(state, meta=meta, metrics=val_metrics)
-    if stopping_state is not None and stopping_state.should_stop:
-      stopped_early_at_epoch = epoch + 1
-      logging.info('early stopping after epoch %d: val %s has not improved by %g for %d epochs '
-                   '(best %.5g at epoch %d)', epoch + 1, stopping_metric,
-                   early_stopping.min_delta, early_stopping.patience, stopping_state.best,
-                   stopping_state.best_epoch)
-      break
-  guard.__exit__()
+      with progress.timed('eval'):
+        val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)
+      train_summary = {k: float(v) for k, v in _finite_or_stop(
+          epoch_metrics.compute(), config, checkpointer).items()}
+      entry = dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
+                   seconds=time.monotonic() - epoch_started)
+      if plateau is not None:
+        plateau_state = plateau.update(plateau_state, val_metrics[plateau_metric])
+        if plateau_state.scale != float(state.lr_scale):
+          logging.info('epoch %d: val %s has not improved for %d epochs: learning rate scale %g',
+                       epoch + 1, plateau_metric, plateau.patience, plateau_state.scale)
+        # The next epoch's steps read it; the checkpoint below keeps it.
+        state = state.replace(lr_scale=jax.device_put(
+            jnp.asarray(plateau_state.scale, jnp.float32), replicated))
+        entry['lr_scale'] = plateau_state.scale
+      if early_stopping is not None:
+        stopping_state = early_stopping.update(stopping_state, val_metrics[stopping_metric])
+      writer.write_scalars(step, {**_prefixed('val', val_metrics), 'epoch': epoch + 1,
+                                  **({'lr_scale': plateau_state.scale} if plateau else {})})
+      writer.flush()
+      history.append(entry)
+      logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
+                   epoch + 1, config.train.num_epochs, train_summary['loss'],
+                   train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
+      meta = _meta(epoch + 1, history, phase)
+      with progress.timed('checkpoint'):
+        checkpointer.save(state, meta=meta, metrics=val_metrics)
+      if stopping_state is not None and stopping_state.should_stop:
+        stopped_early_at_epoch = epoch + 1
+        logging.info('early stopping after epoch %d: val %s has not improved by %g for %d epochs '
+                     '(best %.5g at epoch %d)', epoch + 1, stopping_metric,
+                     early_stopping.min_delta, early_stopping.patience, stopping_state.best,
+                     stopping_state.best_epoch)
+        break
   progress.close()
   checkpointer.wait()
 
