@@ -326,6 +326,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Read by `python -m jaxcls.evaluate` and by the report every run writes to
   # WORKDIR/report/ (whose flags can override them for an existing run).
   config.evaluate = evaluate = ml_collections.ConfigDict()
+  # Write WORKDIR/report/ when training ends (seconds to a minute: Grad-CAM
+  # and the figures). Off, `python -m jaxcls.evaluate --workdir DIR` writes
+  # the same report later; sweeps of many short runs may skip it this way.
+  evaluate.report_at_end = True
   # Test-time augmentation, reported beside the plain result: the softmax
   # probabilities of every view of an image are averaged. With `tta_flip`,
   # each view is also seen mirrored left-right (leave it off where a mirror

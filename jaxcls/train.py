@@ -319,7 +319,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       config=config.to_dict())
   if is_main:
     (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
-  if is_main and jax.process_count() == 1:
+  if not config.evaluate.report_at_end:
+    logging.info('config.evaluate.report_at_end=False: write the report with '
+                 '`python -m jaxcls.evaluate --workdir %s`', workdir)
+  elif is_main and jax.process_count() == 1:
     # WORKDIR/report/: metrics tables and figures of the test split (logged, not raised, on error).
     from jaxcls.evaluate import report_finished_run  # pylint: disable=g-import-not-at-top
     report_finished_run(workdir_path)

@@ -32,6 +32,7 @@ def make_tiny(config):
   config.train.batch_size = 128
   config.train.log_every_steps = 5
   config.optimizer.warmup_epochs = 0.5
+  config.evaluate.report_at_end = False  # Tests of the report turn it back on.
   return config
 
 
@@ -45,5 +46,7 @@ def tiny_run_dir(tmp_path_factory):
   """One finished tiny run (3 epochs), shared by the tests of the tools that read workdirs."""
   from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('tiny_run')
-  train_and_evaluate(make_tiny(default_config()), str(workdir))
+  config = make_tiny(default_config())
+  config.evaluate.report_at_end = True  # tests/test_evaluate.py reads it.
+  train_and_evaluate(config, str(workdir))
   return workdir

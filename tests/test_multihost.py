@@ -15,7 +15,8 @@ TINY = ['--config.data.image_size=16', '--config.model.width=4', '--config.train
         '--config.train.batch_size=128', '--config.optimizer.warmup_epochs=0',
         '--config.data.epoch_examples=256', '--config.train.log_every_steps=1',
         # Host-side crop offsets are drawn per process; this compares the reductions alone.
-        '--config.data.augment.random_crop_padding=0', '--config.optimizer.learning_rate=0.01']
+        '--config.data.augment.random_crop_padding=0', '--config.optimizer.learning_rate=0.01',
+        '--config.evaluate.report_at_end=False']
 
 
 def _final_params(workdir: Path) -> dict[str, np.ndarray]:

@@ -159,12 +159,10 @@ def resumed_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('regularized')
   config = _run_config(make_tiny(default_config()))
   config.train.num_epochs = PLATEAU_EPOCHS
-  with pytest.MonkeyPatch.context() as patch:  # No report (test_report.py covers it): CI time.
-    patch.setattr('jaxcls.evaluate.report_finished_run', lambda workdir: None)
-    train_and_evaluate(config, str(workdir))
-    written = (workdir / 'first_batch.png').stat().st_mtime_ns
-    config.train.num_epochs = MAX_EPOCHS  # Training longer is a change the workdir must allow.
-    results = train_and_evaluate(config, str(workdir), allow_config_change=True)
+  train_and_evaluate(config, str(workdir))
+  written = (workdir / 'first_batch.png').stat().st_mtime_ns
+  config.train.num_epochs = MAX_EPOCHS  # Training longer is a change the workdir must allow.
+  results = train_and_evaluate(config, str(workdir), allow_config_change=True)
   return dict(workdir=workdir, config=config, results=results, first_batch_mtime=written)
 
 

@@ -17,7 +17,8 @@ import sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-pos
 DEFAULT = str(LAUNCH.parent / 'configs' / 'default.py')
 # Digits at 16x16, 4 steps of 128 per epoch, one epoch: seconds per trial.
 TINY = {'data.image_size': 16, 'train.num_epochs': 1, 'train.batch_size': 128,
-        'optimizer.warmup_epochs': 0.0, 'data.epoch_examples': 512, 'train.log_every_steps': 2}
+        'optimizer.warmup_epochs': 0.0, 'data.epoch_examples': 512, 'train.log_every_steps': 2,
+        'evaluate.report_at_end': False}
 
 
 @pytest.fixture(scope='module')

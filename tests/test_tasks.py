@@ -86,6 +86,7 @@ def test_task_heads_train_and_report_each_task(tmp_path_factory, tiny_config, mo
   config.tasks.loss_weights = (1.0, 0.5) if mode == "heads" else ()
   config.train.num_epochs, config.model.width = 5, 8
   config.optimizer.warmup_epochs = 1.0
+  config.evaluate.report_at_end = True
   workdir = tmp_path_factory.mktemp(mode)
   results = train_and_evaluate(config, str(workdir))
   assert results['tasks'] == dict(mode=mode, names=['parity', 'size'],

@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--config.data.image_size=16', '--config.model.width=4', '--config.train.num_epochs=3',
-        '--config.train.batch_size=128', '--config.optimizer.warmup_epochs=0.5']
+        '--config.train.batch_size=128', '--config.optimizer.warmup_epochs=0.5',
+        '--config.evaluate.report_at_end=False']
 STEPS_PER_EPOCH = 1437 // 128  # digits: 1,437 training examples under the 0.8/0.1/0.1 split.
 
 
