@@ -146,6 +146,9 @@ def _value_errors(c, device_count: int) -> list[str]:
         f'must be in [0, data.num_folds={c.data.num_folds})' if c.data.num_folds else
         'must be 0 when data.num_folds is 0 (k-fold off)')
   check(c.data.image_size >= 0, 'data.image_size', 'must be positive (or 0: automatic)')
+  check(not (c.data.on_device and c.data.augment.random_resized_crop), 'data.on_device',
+        'cannot be combined with data.augment.random_resized_crop=True (it crops the source '
+        'image at full resolution, which the on-device set no longer holds)')
   check(c.data.resize_size == 0 or c.data.resize_size >= c.data.image_size, 'data.resize_size',
         'must be 0 or at least data.image_size (resize, then center-crop)')
   check(len(c.data.mean) in (0, 3), 'data.mean', 'expected 3 channel means (or none: automatic)')

@@ -27,12 +27,14 @@ from PIL import Image
 from jaxcls import data, finetune, losses, parallel
 from jaxcls.checkpointing import Checkpointer
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
+from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
 from jaxcls.mixing import Mixup
 from jaxcls.models import model_from_config
 from jaxcls.optim import create_optimizer, learning_rate_schedule
 from jaxcls.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
 from jaxcls.preemption import Preempted, PreemptionGuard
+from jaxcls.profiling import StepTrace
 from jaxcls.steps import NO_STEP, create_train_state, jit_preview, jit_steps
 from jaxcls.tasks import tasks_from_class_names
 from jaxcls.workdir import check_config as check_workdir_config
@@ -177,6 +179,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state, phase = enter_phase(state, trainable)
   train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
 
+  if config.data.on_device:
+    device_train_set = DeviceTrainSet(dataset.train, config.data, batch_sharding, seed=config.seed)
+    train_batches = lambda epoch, start: device_train_set.batches(  # noqa: E731
+        global_batch_size=batch_size, epoch=epoch, start_step=start)
+  else:
+    train_batches = lambda epoch, start: parallel.prefetch_to_device(  # noqa: E731
+        data.train_batches(dataset.train, config.data, global_batch_size=batch_size,
+                           seed=config.seed, epoch=epoch, start_step=start,
+                           process_index=jax.process_index(), process_count=jax.process_count()),
+        batch_sharding, config.data.prefetch)
+
   step = int(state.step)
   progress = ProgressReporter(num_steps, writer, initial_step=step)
   train_seconds, first_step_seconds, images_seen = 0.0, None, 0
@@ -185,6 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   preview_fn = (jit_preview(augment_config=config.data.augment, mixup=mixup)
                 if is_main and jax.process_count() == 1 and not preview_path.exists() else None)
   stopped_early_at_epoch = None
+  profile = StepTrace(str(workdir_path), start=step + 1,
+                      num_steps=config.train.profile_steps if is_main else 0)
   if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
     stopped_early_at_epoch = start_epoch
     start_epoch = config.train.num_epochs
@@ -208,12 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         state, phase = enter_phase(state, plan.trainable_at(epoch), previous=phase)
         train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
       epoch_started = time.monotonic()
-      batches = data.train_batches(
-          dataset.train, config.data, global_batch_size=batch_size, seed=config.seed, epoch=epoch,
-          start_step=start_in_epoch if epoch == start_epoch else 0,
-          process_index=jax.process_index(), process_count=jax.process_count())
       epoch_metrics = interval_metrics = None
-      for batch in parallel.prefetch_to_device(batches, batch_sharding, config.data.prefetch):
+      for batch in train_batches(epoch, start_in_epoch if epoch == start_epoch else 0):
         if preview_fn is not None:  # Before the step, which donates the state's buffers.
           _write_first_batch(preview_fn(state.rng, state.step, batch['image']), preview_path,
                              writer, step)
@@ -228,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           state, step_metrics = train_fn(state, batch)
           images_seen += batch_size
         step += 1
+        profile(step, state)
         interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
             step_metrics)
         epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
@@ -243,6 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           raise Preempted(guard.requested, step, workdir)
       jax.block_until_ready(state)
       train_seconds += time.monotonic() - epoch_started
+      profile.close()  # At the latest at the epoch's end: the trace shows train steps only.
 
       with progress.timed('eval'):
         val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)

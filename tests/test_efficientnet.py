@@ -98,8 +98,10 @@ def test_parameter_counts_match_the_references(name, expected):
 
 
 # B0 and Lite0 (the two kinds of block) at full width; the other sizes, slower, at NARROW.
+# B4 and B6 left out for CI time: their depths round like B3's and B5's (1.8 x, 2.6 x).
 @pytest.mark.parametrize('name', [pytest.param(name, marks=() if name in (
-    'efficientnet_b0', 'efficientnet_lite0') else pytest.mark.slow) for name in NAMES])
+    'efficientnet_b0', 'efficientnet_lite0') else pytest.mark.slow) for name in NAMES
+                                  if name not in ('efficientnet_b4', 'efficientnet_b6')])
 def test_logits_match_efficientnet_pytorch(name):
   """Random weights and BatchNorm statistics; the reference pads statically for SIZE, as
   efficientnet_pytorch's `from_name(..., image_size=SIZE)` does."""

@@ -356,3 +356,25 @@ def _policy(u, image, policy, magnitude):
     image = jnp.where(drawn('autocontrast'), _autocontrast(image), image)
     image = jnp.where(drawn('equalize'), _equalize(image), image)
   return image
+
+
+def random_crop_flip(key: jax.Array, images: jax.Array, padding: int,
+                     flip: bool) -> jax.Array:
+  """The host's `transforms.Augment` on a device batch: pad-and-crop, then flip.
+
+  Zero-pads each side by `padding` and crops back at an offset drawn per
+  example (the same law as `transforms.random_crop`), then mirrors each
+  example left-right with probability 1/2 if `flip`. Used by the on-device
+  data set (`jaxcls.data.on_device`), where no host touches the examples.
+  """
+  k_offset, k_flip = jax.random.split(key)
+  n, height, width, _ = images.shape
+  if padding > 0:
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(k_offset, (n, 2), 0, 2 * padding + 1)
+    images = jax.vmap(lambda image, o: jax.lax.dynamic_slice(
+        image, (o[0], o[1], 0), (height, width, image.shape[-1])))(padded, offsets)
+  if flip:
+    mirrored = jax.random.bernoulli(k_flip, 0.5, (n,))
+    images = jnp.where(mirrored[:, None, None, None], images[:, :, ::-1], images)
+  return images

@@ -91,6 +91,38 @@ def _to_iterator(ds: grain.MapDataset, data_config) -> Iterator[dict]:
   return iter(it)
 
 
+class _Positions:
+  """Stands in for a source whose example i is the index i (labels kept for the sampler)."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> int:
+    return index
+
+  @property
+  def labels(self) -> np.ndarray:
+    return sampling.source_labels(self._source)
+
+
+def epoch_order(source, data_config, *, global_batch_size: int, seed: int,
+                epoch: int) -> np.ndarray:
+  """The source indices of one train epoch, in the order `train_batches` reads them.
+
+  [steps * B] int32: batch k is positions [k * B, (k + 1) * B). The on-device
+  data set gathers its batches by these indices, so it sees the examples of
+  the host pipeline in the same order.
+  """
+  num_examples = train_epoch_length(len(source), data_config)
+  steps = steps_per_epoch(num_examples, global_batch_size)
+  shuffle_seed = _epoch_seeds(seed, epoch)[0]
+  order = _epoch_order(_Positions(source), data_config, num_examples, shuffle_seed)
+  return np.asarray([order[i] for i in range(steps * global_batch_size)], np.int32)
+
+
 def train_batches(source, data_config, *, global_batch_size: int, seed: int,
                   epoch: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> Iterator[dict]:
