@@ -119,13 +119,16 @@ def peak_flops(dtype: str) -> float | None:
   return None
 
 
-def timed(fn: Callable[[], object], *, steps: int, repeats: int) -> list[float]:
-  """Seconds per call of `fn` (which must block), measured `repeats` times over `steps` calls."""
+def timed(step: Callable[[], None], result: Callable[[], object], *, steps: int,
+          repeats: int) -> list[float]:
+  """Seconds per `step`, measured `repeats` times over `steps` calls dispatched back to back,
+  waiting on the device once per timing (as the train loop does: no sync between steps)."""
   times = []
   for _ in range(repeats):
     started = time.perf_counter()
     for _ in range(steps):
-      fn()
+      step()
+    jax.block_until_ready(result())
     times.append((time.perf_counter() - started) / steps)
   return times
 
@@ -193,23 +196,20 @@ def measure_steps(case: Case, config, num_classes: int, *, steps: int, repeats: 
   def train_step(batch=batch):
     holder['state'], _ = compiled(holder['state'], batch)
 
-  def train_step_blocking():
-    train_step()
-    jax.block_until_ready(holder['state'])
-
-  for _ in range(warmup):
-    train_step_blocking()
+  timed(train_step, lambda: holder['state'], steps=max(warmup, 1), repeats=1)
   if profile_dir:
     jax.profiler.start_trace(profile_dir)
-  train_times = timed_blocks(train_step, lambda: holder['state'], steps=steps, repeats=repeats)
+  train_times = timed(train_step, lambda: holder['state'], steps=steps, repeats=repeats)
   if profile_dir:
     jax.profiler.stop_trace()
   memory, memory_source = _peak_memory_mib(compiled)
   compiled_eval = eval_fn.lower(holder['state'], eval_batch).compile()
-  eval_fn_blocking = lambda: jax.block_until_ready(  # noqa: E731
-      compiled_eval(holder['state'], eval_batch))
-  eval_fn_blocking()
-  eval_times = timed(eval_fn_blocking, steps=steps, repeats=repeats)
+
+  def eval_step():
+    holder['metrics'] = compiled_eval(holder['state'], eval_batch)
+
+  eval_step()
+  eval_times = timed(eval_step, lambda: holder['metrics'], steps=steps, repeats=repeats)
   train_rate, train_spread = rate(train_times, case.global_batch)
   eval_rate, _ = rate(eval_times, case.global_batch)
   peak = peak_flops(case.dtype)
@@ -222,20 +222,6 @@ def measure_steps(case: Case, config, num_classes: int, *, steps: int, repeats: 
              mfu=(flops_per_image * train_rate / case.devices / peak) if peak else None,
              device=jax.devices()[0].device_kind, jax_version=jax.__version__)
   return row, train_step, dict(sharding=sharding, holder=holder)
-
-
-def timed_blocks(step: Callable[[], None], result: Callable[[], object], *, steps: int,
-                 repeats: int) -> list[float]:
-  """Like `timed`, but steps are dispatched back to back and the device is waited on once
-  per timing, as in the train loop (no host sync between steps)."""
-  times = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    for _ in range(steps):
-      step()
-    jax.block_until_ready(result())
-    times.append((time.perf_counter() - started) / steps)
-  return times
 
 
 # ----------------------------------------------------------------- pipelines ---
@@ -290,23 +276,27 @@ def measure_pipeline(kind: str, case: Case, config, train_step: Callable, state:
     for _ in range(num_batches):
       jax.block_until_ready(next(iterator))
     input_times.append((time.perf_counter() - started) / num_batches)
-  end_to_end = []
+  # Each round times the step on the synthetic batch, then fed by the pipeline: the ratio of
+  # the two is taken side by side, on the same machine state.
+  end_to_end, synthetic = [], []
   iterator = batches()
+  result = lambda: state['holder']['state']  # noqa: E731
   for _ in range(steps):  # Warm-up: the pipeline's threads and queues fill.
     train_step(next(iterator))
   for _ in range(repeats):
-    started = time.perf_counter()
-    for _ in range(steps):
-      train_step(next(iterator))
-    jax.block_until_ready(state['holder']['state'])
-    end_to_end.append((time.perf_counter() - started) / steps)
+    synthetic += timed(train_step, result, steps=steps, repeats=1)
+    end_to_end += timed(lambda: train_step(next(iterator)), result, steps=steps,
+                               repeats=1)
   input_rate = case.global_batch / input_times[-1]
   e2e_rate, e2e_spread = rate(end_to_end, case.global_batch)
   return dict(pipeline=kind, model=case.model, image_size=case.image_size, dtype=case.dtype,
               batch_size=case.global_batch, devices=case.devices,
               input_images_per_second=input_rate, end_to_end_images_per_second=e2e_rate,
-              end_to_end_spread=e2e_spread, num_threads=config.data.num_threads,
-              num_workers=config.data.num_workers)
+              end_to_end_spread=e2e_spread,
+              synthetic_images_per_second=rate(synthetic, case.global_batch)[0],
+              end_to_end_vs_synthetic=statistics.median(
+                  s / e for s, e in zip(synthetic, end_to_end)),
+              num_threads=config.data.num_threads, num_workers=config.data.num_workers)
 
 
 # ---------------------------------------------------------------------- main ---
@@ -317,6 +307,10 @@ def _fmt(value, digits=1) -> str:
   return f'{value:.{digits}f}' if isinstance(value, float) else str(value)
 
 
+def _percent(fraction: float | None) -> str:
+  return '-' if fraction is None else f'{100 * fraction:.1f}%'
+
+
 def format_row(row: dict) -> str:
   return (f'{row["framework"]:<9} {row["model"]:<15} {row["image_size"]:>4} {row["dtype"]:<8} '
           f'{row["batch_size"]:>5} {row["devices"]:>7} {row["variant"]:<11} '
@@ -324,11 +318,11 @@ def format_row(row: dict) -> str:
           f'{_fmt(row["train_spread"]):>7} {_fmt(row["eval_images_per_second"]):>10} '
           f'{_fmt(row["peak_memory_mib"], 0):>8} '
           f'{_fmt(row["train_flops_per_image"] / 1e9, 3):>9} '
-          f'{_fmt(row["mfu"], 3):>5}')
+          f'{_percent(row["mfu"]):>6}')
 
 
 def header() -> str:
-  widths = (9, 15, 4, 8, 5, 7, 11, 9, 11, 7, 10, 8, 9, 5)
+  widths = (9, 15, 4, 8, 5, 7, 11, 9, 11, 7, 10, 8, 9, 6)
   return ' '.join(f'{c:<{w}}' if i in (0, 1, 3, 6) else f'{c:>{w}}'
                   for i, (c, w) in enumerate(zip(COLUMNS, widths)))
 
@@ -373,7 +367,6 @@ def main(argv):
           pipeline_rows.append(measure_pipeline(
               kind, case, config.copy_and_resolve_references(), train_step, state,
               steps=_STEPS.value, repeats=_REPEATS.value, workdir=Path(tmp)))
-          pipeline_rows[-1]['synthetic_images_per_second'] = row['train_images_per_second']
   if pipeline_rows:
     print(f'\n{"pipeline":<9} {"model":<15} {"size":>4} {"dtype":<8} {"batch":>5} '
           f'{"devices":>7} {"input_img/s":>11} {"e2e_img/s":>10} {"e2e/synthetic":>13}')
@@ -381,7 +374,7 @@ def main(argv):
       print(f'{p["pipeline"]:<9} {p["model"]:<15} {p["image_size"]:>4} {p["dtype"]:<8} '
             f'{p["batch_size"]:>5} {p["devices"]:>7} {p["input_images_per_second"]:11.1f} '
             f'{p["end_to_end_images_per_second"]:10.1f} '
-            f'{p["end_to_end_images_per_second"] / p["synthetic_images_per_second"]:13.2f}')
+            f'{p["end_to_end_vs_synthetic"]:13.2f}')
   scaling = scaling_rows(rows)
   if scaling:
     print(f'\n{"model":<15} {"size":>4} {"dtype":<8} {"devices":>7} {"img/s/device":>12} '
