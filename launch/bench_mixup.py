@@ -4,8 +4,9 @@
     python launch/bench_mixup.py --model=resnet18 --width=64 --image_size=224 --batch_size=256
 
 The variants run interleaved, round after round (so a machine that slows
-down slows all alike); prints the median step time of each and its overhead
-over plain training.
+down slows all alike); prints the median step time of each, its overhead
+over plain training, and the extra FLOPs of the compiled step (XLA's count:
+exact, where timings on a shared machine are noisy).
 """
 
 import statistics
@@ -55,9 +56,11 @@ def main(argv):
         create_model(name, 10, **({'width': width} if width else {})), tx, 0)
     train_fn, _ = jit_steps(graph, eval_graph, tx, lr, eval_metrics_class(10), mean=(0.5,) * 3,
                             std=(0.25,) * 3, dtype='float32', mixup=mixup)
+    cost = train_fn.lower(state, batch).compile().cost_analysis()
+    flops = (cost[0] if isinstance(cost, list) else cost)['flops']
     state, _ = train_fn(state, batch)  # Compile and warm up.
     jax.block_until_ready(state)
-    runs[variant] = dict(fn=train_fn, state=state, times=[])
+    runs[variant] = dict(fn=train_fn, state=state, times=[], flops=flops)
   for _ in range(_ROUNDS.value):
     for run in runs.values():
       started = time.perf_counter()
@@ -67,12 +70,14 @@ def main(argv):
       run['times'].append((time.perf_counter() - started) / _STEPS.value)
   plain = statistics.median(runs['plain']['times'])
   print(f'{jax.devices()[0].device_kind}: {name} width {width}, {size}x{size}, batch {batch_size}')
-  print(f'  {"variant":<22} {"step ms":>9} {"spread":>8} {"overhead":>9}')
+  # XLA's FLOP count is exact where the timings of a busy machine are not.
+  print(f'  {"variant":<22} {"step ms":>9} {"spread":>8} {"overhead":>9} {"FLOPs +":>8}')
   for variant, run in runs.items():
     median = statistics.median(run['times'])
     spread = (max(run['times']) - min(run['times'])) / 2
     print(f'  {variant:<22} {median * 1e3:9.1f} {spread * 1e3:8.1f} '
-          f'{(median / plain - 1) * 100:8.1f}%')
+          f'{(median / plain - 1) * 100:8.1f}% '
+          f'{(run["flops"] / runs["plain"]["flops"] - 1) * 100:7.2f}%')
 
 
 if __name__ == '__main__':
