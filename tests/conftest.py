@@ -1,6 +1,15 @@
 """Shared fixtures; `--runslow` also runs the tests marked slow (minutes of training)."""
 
+import os
+import tempfile
+
 import pytest
+
+# One persistent XLA compilation cache for the session, both xdist workers and the
+# subprocesses they start (`python -m jaxcls.main` restarted four times by the kill/resume
+# test, the CLIs): the same tiny programs compile once. Set before JAX is imported.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'jaxcls-tests-xla-cache'))
 
 from jaxcls.config import default_config
 
