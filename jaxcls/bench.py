@@ -285,8 +285,7 @@ def measure_pipeline(kind: str, case: Case, config, train_step: Callable, state:
     train_step(next(iterator))
   for _ in range(repeats):
     synthetic += timed(train_step, result, steps=steps, repeats=1)
-    end_to_end += timed(lambda: train_step(next(iterator)), result, steps=steps,
-                               repeats=1)
+    end_to_end += timed(lambda: train_step(next(iterator)), result, steps=steps, repeats=1)
   input_rate = case.global_batch / input_times[-1]
   e2e_rate, e2e_spread = rate(end_to_end, case.global_batch)
   return dict(pipeline=kind, model=case.model, image_size=case.image_size, dtype=case.dtype,
