@@ -164,6 +164,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Compute dtype of activations: 'float32' or 'bfloat16'. Parameters, the
   # optimizer state and the loss stay in float32.
   model.dtype = 'float32'
+  # How convolutions are lowered: 'auto' runs those with at most a 2x2 output
+  # (ResNet-18's last stages at 32x32, VGG's last block) as one matmul over
+  # patches on CPU, where XLA's convolution kernel is 10-20x slower there, and
+  # XLA's convolution everywhere else; 'xla' always XLA's (jaxcls.models.conv).
+  model.conv_lowering = 'auto'
   # Classifier head: 'linear' (the architecture's own: one Linear for the
   # ResNets and ConvNeXts, torchvision's three-layer classifier for VGG) or
   # 'mlp' (pooled features -> Dense(head_hidden) -> ReLU -> Dropout(head_dropout)

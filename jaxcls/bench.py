@@ -5,6 +5,7 @@
         --batch_sizes=256 --pipelines=synthetic,memory,folder,device --json=bench.json
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m jaxcls.bench --devices=1,2,4 \\
         --models=cifar_resnet20 --image_sizes=32 --dtypes=float32     # weak scaling
+    python -m jaxcls.bench --models=resnet18 --image_sizes=32 --conv_lowerings=auto,xla
     python -m jaxcls.bench --smoke                          # seconds: CI checks that it runs
 
 For each model x image size x dtype x batch size x device count it builds
@@ -16,9 +17,14 @@ already on the device (warm-up excluded; median of `--repeats` timings of
 `--steps` steps, and half their range as the spread), peak device memory
 (the allocator's peak where the device reports one, else XLA's estimate of
 the step), XLA's FLOPs per image and the model FLOPs utilisation against the
-device's peak. `--pipelines` adds, per input pipeline, the input-only rate
-(batches on the host, or gathered on the device, without the step) and the
-end-to-end rate of the step fed by it:
+device's peak. The FLOPs are the network's: XLA's count of the same step with
+XLA's own convolutions, since a convolution that `model.conv_lowering='auto'`
+turns into a patch matmul on CPU also counts its taps on padding.
+`--conv_lowerings=auto,xla` times both lowerings side by side.
+
+`--pipelines` adds, per input pipeline, the input-only rate (batches on the
+host, or gathered on the device, without the step) and the end-to-end rate
+of the step fed by it:
 
   memory   Grain over uint8 arrays in host memory: the default config's data
            (scikit-learn's digits, 8x8, resized per example as in training)
@@ -34,6 +40,7 @@ rows are printed by launch/bench_torch.py for PyTorch, in the same columns.
 """
 
 import dataclasses
+import functools
 import json
 import statistics
 import tempfile
@@ -45,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from jaxcls import data, parallel
 from jaxcls.config import default_config
@@ -53,6 +61,7 @@ from jaxcls.data.sources import ImageFileSource
 from jaxcls.metrics import eval_metrics_class
 from jaxcls.mixing import Mixup
 from jaxcls.models import create_model
+from jaxcls.models.conv import LOWERINGS, set_conv_lowering
 from jaxcls.optim import create_optimizer, learning_rate_schedule
 from jaxcls.steps import create_train_state, jit_steps
 
@@ -64,6 +73,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['128'], 'Batch sizes per device
 _DEVICES = flags.DEFINE_list('devices', None, 'Device counts (default: all devices).')
 _PIPELINES = flags.DEFINE_list('pipelines', ['synthetic'],
                                'synthetic, and any of memory, folder, device.')
+_CONV_LOWERINGS = flags.DEFINE_list(
+    'conv_lowerings', ['auto'], 'model.conv_lowering values to time side by side: auto, xla.')
 _WIDTH = flags.DEFINE_integer('width', 0, 'model.width (0: the architecture\'s own).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head.')
 _MIXUP = flags.DEFINE_bool('mixup', False, 'Mixup 0.2 + CutMix 1.0 in the step (timm style).')
@@ -103,6 +114,12 @@ class Case:
   dtype: str
   batch_size: int  # Per device.
   devices: int
+  conv_lowering: str = 'auto'
+
+  @property
+  def variant(self) -> str:
+    return 'jit' + ('+mixup' if _MIXUP.value else '') + (
+        '+xla_conv' if self.conv_lowering == 'xla' else '')
 
   @property
   def global_batch(self) -> int:
@@ -140,20 +157,28 @@ def rate(times: list[float], images: int) -> tuple[float, float]:
 
 
 def build(case: Case, config, num_classes: int):
-  """The trainer's jitted steps, a replicated state and a sharded synthetic batch."""
+  """The trainer's jitted steps, a replicated state, a sharded synthetic batch, and the train
+  step with XLA's convolutions, whose cost analysis counts the model's FLOPs (a convolution
+  lowered to a patch matmul also counts the kernel taps that fall on padding)."""
   mesh = parallel.data_mesh(jax.devices()[:case.devices])
   kwargs = dict(dtype=case.dtype, **({'width': _WIDTH.value} if _WIDTH.value else {}))
-  model = create_model(case.model, num_classes, **kwargs)
+  model = create_model(case.model, num_classes, conv_lowering=case.conv_lowering, **kwargs)
   tx = create_optimizer(config.optimizer)
   train_graph, eval_graph, state = create_train_state(model, tx, config.seed)
+  set_conv_lowering(model, 'xla')
+  model.train()
+  flops_graph = nnx.graphdef(model)
   del model
   state = jax.device_put(state, parallel.replicated(mesh))
   learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
   mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())
-  train_fn, eval_fn = jit_steps(
-      train_graph, eval_graph, tx, learning_rate_fn, eval_metrics_class(num_classes),
-      mean=config.data.mean or (0.5,) * 3, std=config.data.std or (0.25,) * 3, dtype=case.dtype,
-      augment_config=config.data.augment, mixup=mixup)
+  steps = functools.partial(
+      jit_steps, tx=tx, learning_rate_fn=learning_rate_fn,
+      metrics_cls=eval_metrics_class(num_classes), mean=config.data.mean or (0.5,) * 3,
+      std=config.data.std or (0.25,) * 3, dtype=case.dtype, augment_config=config.data.augment,
+      mixup=mixup)
+  train_fn, eval_fn = steps(train_graph, eval_graph)
+  flops_fn = steps(flops_graph, eval_graph)[0]
   rng = np.random.default_rng(0)
   size = case.image_size
   batch = dict(image=rng.integers(0, 256, (case.global_batch, size, size, 3), dtype=np.uint8),
@@ -161,11 +186,11 @@ def build(case: Case, config, num_classes: int):
   sharding = parallel.batch_sharded(mesh)
   batch = jax.device_put(batch, sharding)
   eval_batch = dict(batch, mask=jax.device_put(np.ones(case.global_batch, bool), sharding))
-  return state, train_fn, eval_fn, batch, eval_batch, sharding
+  return state, train_fn, eval_fn, flops_fn, batch, eval_batch, sharding
 
 
-def _cost_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
+def _cost_flops(stage) -> float:
+  cost = stage.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return float(cost.get('flops', float('nan'))) if cost else float('nan')
 
@@ -185,12 +210,13 @@ def _peak_memory_mib(compiled) -> tuple[float | None, str]:
 def measure_steps(case: Case, config, num_classes: int, *, steps: int, repeats: int,
                   warmup: int, profile_dir: str | None = None) -> tuple[dict, Callable, dict]:
   """One table row: compile time, train and eval rates, memory, FLOPs and MFU."""
-  state, train_fn, eval_fn, batch, eval_batch, sharding = build(case, config, num_classes)
+  state, train_fn, eval_fn, flops_fn, batch, eval_batch, sharding = build(case, config,
+                                                                          num_classes)
   started = time.perf_counter()
   compiled = train_fn.lower(state, batch).compile()
   compile_seconds = time.perf_counter() - started
-  # Per device: XLA analyses the partitioned program one device runs.
-  flops_per_image = _cost_flops(compiled) / case.batch_size
+  # The lowered program is the global one (partitioning happens when compiling).
+  flops_per_image = _cost_flops(flops_fn.lower(state, batch)) / case.global_batch
   holder = {'state': state}
 
   def train_step(batch=batch):
@@ -215,7 +241,7 @@ def measure_steps(case: Case, config, num_classes: int, *, steps: int, repeats: 
   peak = peak_flops(case.dtype)
   row = dict(framework='jax', model=case.model, image_size=case.image_size, dtype=case.dtype,
              batch_size=case.global_batch, devices=case.devices,
-             variant='jit+mixup' if _MIXUP.value else 'jit', compile_seconds=compile_seconds,
+             variant=case.variant, compile_seconds=compile_seconds,
              train_images_per_second=train_rate, train_spread=train_spread,
              eval_images_per_second=eval_rate, peak_memory_mib=memory,
              peak_memory_source=memory_source, train_flops_per_image=flops_per_image,
@@ -312,7 +338,7 @@ def _percent(fraction: float | None) -> str:
 
 def format_row(row: dict) -> str:
   return (f'{row["framework"]:<9} {row["model"]:<15} {row["image_size"]:>4} {row["dtype"]:<8} '
-          f'{row["batch_size"]:>5} {row["devices"]:>7} {row["variant"]:<11} '
+          f'{row["batch_size"]:>5} {row["devices"]:>7} {row["variant"]:<18} '
           f'{_fmt(row["compile_seconds"]):>9} {_fmt(row["train_images_per_second"]):>11} '
           f'{_fmt(row["train_spread"]):>7} {_fmt(row["eval_images_per_second"]):>10} '
           f'{_fmt(row["peak_memory_mib"], 0):>8} '
@@ -321,7 +347,7 @@ def format_row(row: dict) -> str:
 
 
 def header() -> str:
-  widths = (9, 15, 4, 8, 5, 7, 11, 9, 11, 7, 10, 8, 9, 6)
+  widths = (9, 15, 4, 8, 5, 7, 18, 9, 11, 7, 10, 8, 9, 6)
   return ' '.join(f'{c:<{w}}' if i in (0, 1, 3, 6) else f'{c:>{w}}'
                   for i, (c, w) in enumerate(zip(COLUMNS, widths)))
 
@@ -331,8 +357,12 @@ def cases() -> list[Case]:
   for n in counts:
     if not 1 <= n <= jax.device_count():
       raise app.UsageError(f'--devices={n}: this machine has {jax.device_count()} devices')
-  return [Case(m, int(s), d, int(b), n) for m in _MODELS.value for s in _IMAGE_SIZES.value
-          for d in _DTYPES.value for b in _BATCH_SIZES.value for n in counts]
+  unknown = set(_CONV_LOWERINGS.value) - set(LOWERINGS)
+  if unknown:
+    raise app.UsageError(f'--conv_lowerings: unknown {sorted(unknown)}; known: {LOWERINGS}')
+  return [Case(m, int(s), d, int(b), n, c) for m in _MODELS.value for s in _IMAGE_SIZES.value
+          for d in _DTYPES.value for b in _BATCH_SIZES.value for n in counts
+          for c in _CONV_LOWERINGS.value]
 
 
 def main(argv):

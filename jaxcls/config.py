@@ -121,6 +121,7 @@ def _value_errors(c, device_count: int) -> list[str]:
   # Imported here: the schema check above must not depend on the registries.
   from jaxcls.data.splits import parse_split  # pylint: disable=g-import-not-at-top
   from jaxcls.models import list_models  # pylint: disable=g-import-not-at-top
+  from jaxcls.models.conv import LOWERINGS  # pylint: disable=g-import-not-at-top
 
   errors = []
 
@@ -171,6 +172,7 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(c.model.width >= 0, 'model.width', 'must be >= 0 (0: the architecture\'s own)')
   check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', "expected 'float32' or 'bfloat16'")
   check(c.model.head in ('linear', 'mlp'), 'model.head', "expected 'linear' or 'mlp'")
+  check(c.model.conv_lowering in LOWERINGS, 'model.conv_lowering', f'expected one of {LOWERINGS}')
   check(c.model.head_hidden >= 1, 'model.head_hidden', 'must be >= 1')
   check(0 <= c.model.head_dropout < 1, 'model.head_dropout', 'must be in [0, 1)')
   if c.model.name in list_models() and c.model.width >= 0:  # Else the model cannot be built.

@@ -180,7 +180,7 @@ def jax_forward_flops(name, num_classes, size):
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from jaxcls.models import create_model  # pylint: disable=g-import-not-at-top
-  model = create_model(name, num_classes)
+  model = create_model(name, num_classes, conv_lowering='xla')  # The network's own FLOPs.
   model.eval()
   graph, state = nnx.split(model)
   forward = jax.jit(lambda s, x: nnx.merge(graph, s)(x))
@@ -313,7 +313,7 @@ def format_row(r):
           '%.3f' % (r['train_flops_per_image'] / 1e9), opt(r['mfu'] and 100 * r['mfu'], '%.1f%%')]
 
 
-def _print_row(cells, widths=(9, 15, 5, 9, 6, 8, 11, 10, 12, 8, 11, 9, 10, 6)):
+def _print_row(cells, widths=(9, 15, 5, 9, 6, 8, 18, 10, 12, 8, 11, 9, 10, 6)):
   print(' '.join(c.rjust(w) if i > 6 else c.ljust(w)
                  for i, (c, w) in enumerate(zip(cells, widths))), flush=True)
 

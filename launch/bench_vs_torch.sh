@@ -7,7 +7,8 @@
 #   MODELS=resnet50 SIZES=224 DTYPES=bfloat16 BATCH=256 TORCH_COMPILE=on,off bash launch/bench_vs_torch.sh   # GPU
 #
 # Environment: MODELS, SIZES, DTYPES, BATCH, ROUNDS (default 2), TORCH_COMPILE (default off on
-# CPU), NUM_CLASSES (default 1000), PYTHON, OUT (JSON folder, default a temporary one).
+# CPU), CONV_LOWERINGS (jaxcls's model.conv_lowering values, default auto,xla), NUM_CLASSES
+# (default 1000), PYTHON, OUT (JSON folder, default a temporary one).
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 MODELS=${MODELS:-cifar_resnet20,resnet18}
@@ -16,6 +17,7 @@ DTYPES=${DTYPES:-float32}
 BATCH=${BATCH:-128}
 ROUNDS=${ROUNDS:-2}
 TORCH_COMPILE=${TORCH_COMPILE:-off}
+CONV_LOWERINGS=${CONV_LOWERINGS:-auto,xla}
 NUM_CLASSES=${NUM_CLASSES:-1000}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -23,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 common=(--models="$MODELS" --image_sizes="$SIZES" --dtypes="$DTYPES" --batch_sizes="$BATCH"
         --num_classes="$NUM_CLASSES" --steps=5 --repeats=3)
 for round in $(seq "$ROUNDS"); do
-  $PYTHON -m jaxcls.bench "${common[@]}" --devices=1 --json="$OUT/jax_$round.json" | tail -n +2
+  $PYTHON -m jaxcls.bench "${common[@]}" --devices=1 --conv_lowerings="$CONV_LOWERINGS" --json="$OUT/jax_$round.json" | tail -n +2
   $PYTHON "$here/bench_torch.py" "${common[@]}" --compile="$TORCH_COMPILE" \
     --json="$OUT/torch_$round.json" | tail -n +2
 done

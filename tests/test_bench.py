@@ -54,3 +54,24 @@ def test_flops_per_image_are_a_train_steps_and_do_not_depend_on_the_device_count
   forward = (forward[0] if isinstance(forward, list) else forward)['flops'] / 8
   # Backward is about twice the forward pass: a train step is about three forwards.
   assert 2.5 < rows[1] / forward < 4.0, rows[1] / forward
+
+
+def test_both_conv_lowerings_are_timed_and_count_the_networks_flops(tmp_path):
+  """At 8x8 the CIFAR ResNet's last stage runs on 2x2 maps, where 'auto' lowers to patches on
+  CPU; the FLOPs column stays the network's (taps on padding left out) for both rows."""
+  out = tmp_path / 'bench.json'
+  completed = subprocess.run(
+      [sys.executable, '-m', 'jaxcls.bench', '--models=cifar_resnet20', '--width=4',
+       '--image_sizes=8', '--dtypes=float32', '--batch_sizes=4', '--num_classes=10',
+       '--conv_lowerings=auto,xla', '--steps=1', '--repeats=1', '--warmup=1', f'--json={out}'],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=600)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  rows = {r['variant']: r for r in json.loads(out.read_text())['steps']}
+  assert set(rows) == {'jit', 'jit+xla_conv'}
+  assert rows['jit']['train_flops_per_image'] == rows['jit+xla_conv']['train_flops_per_image']
+  assert all(r['train_images_per_second'] > 0 for r in rows.values())
+  bad = subprocess.run([sys.executable, '-m', 'jaxcls.bench', '--conv_lowerings=im2col'],
+                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "'im2col'" in bad.stderr

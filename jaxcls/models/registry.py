@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 from flax import nnx
 
+from jaxcls.models.conv import set_conv_lowering
+
 _MODELS: dict[str, Callable[..., nnx.Module]] = {}
 
 
@@ -24,7 +26,8 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
-                 pretrained: str | None = None, **kwargs) -> nnx.Module:
+                 pretrained: str | None = None, conv_lowering: str = 'auto',
+                 **kwargs) -> nnx.Module:
   """Builds a registered model, freshly initialised or from pretrained weights.
 
   Args:
@@ -34,6 +37,8 @@ def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
     pretrained: a directory written by `python -m jaxcls.convert`, or a PyTorch
       `.pth`/`.safetensors` file converted on the fly. Every variable comes from
       it except a head whose number of classes differs, which stays fresh.
+    conv_lowering: 'auto' (a matmul over patches for convolutions on tiny maps
+      on CPU, where XLA's convolution is slow; `jaxcls.models.conv`) or 'xla'.
     **kwargs: passed to the constructor (e.g. `width`, `dtype`).
 
   After `model.eval()`, `model(images)` maps a float32 NHWC batch, already
@@ -47,7 +52,7 @@ def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
   if pretrained:
     from jaxcls.pretrained.store import load_pretrained  # pylint: disable=g-import-not-at-top
     load_pretrained(model, pretrained, arch=name)
-  return model
+  return set_conv_lowering(model, conv_lowering)
 
 
 def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
@@ -67,7 +72,7 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
   the classes match), then a configured MLP or multi-task head replaces it.
   """
   from jaxcls.models import heads  # pylint: disable=g-import-not-at-top
-  kwargs = dict(dtype=model_config.dtype)
+  kwargs = dict(dtype=model_config.dtype, conv_lowering=model_config.conv_lowering)
   if model_config.width:
     kwargs['width'] = model_config.width
   model = create_model(model_config.name, len(class_names), seed=seed,

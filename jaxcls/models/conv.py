@@ -1,0 +1,165 @@
+"""How the zoo's convolutions are lowered: XLA's convolution, or a matmul over patches.
+
+On CPU, XLA's convolution kernels are far behind PyTorch's oneDNN ones in
+four places, while a matmul of the same FLOPs runs at Eigen's GEMM speed:
+a 3x3 convolution on a 2x2 or 1x1 map (ResNet-18's last stages at 32x32,
+VGG's last block: 10-20x slower, its gradients as badly), the gradients of
+strided convolutions (2-3x), pointwise ones, forward and backward (1.5-2x
+the matmul), and depthwise ones (ConvNeXt's 7x7, EfficientNet's and
+MobileNet's 3x3 and 5x5: 20-100x forward, 4-10x with gradients). There
+'auto' writes the convolution as what it is. A dense one is one matmul: the
+kernel's taps are cut from the padded input as strided slices and
+concatenated along the channels ([N, Ho, Wo, kh*kw*C]), then contracted with
+the kernel reshaped to [kh*kw*C, O]; autodiff makes the gradients matmuls
+too. A depthwise one is the sum over taps of the shifted input times that
+tap's per-channel weight: elementwise work, one fused loop per tap.
+
+Elsewhere XLA's own convolution is faster: a stride-1 3x3 on an 8x8 or larger
+map (the patch tensor, kh*kw times the input, costs more memory traffic than
+the kernel saves) and the 3-channel stems. On GPU and TPU the vendor libraries
+win everywhere, so 'auto' is XLA's convolution there. `launch/bench_convs.py`
+times both lowerings per convolution against PyTorch; `python -m jaxcls.bench
+--conv_lowerings=auto,xla` times whole steps side by side.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+LOWERINGS = ('auto', 'xla')
+
+# Output positions (Ho * Wo) at or below which 'auto' lowers any convolution to
+# patches: a 2x2 map. At 4x4 the two are even (stride 1) and at 8x8 XLA's
+# stride-1 3x3 convolution is twice as fast forward.
+MAX_PATCH_POSITIONS = 4
+# Strided convolutions with at least this many input channels go to patches
+# at any size: XLA:CPU's gradient of a strided convolution is 2-3x slower than
+# the matmul's (ResNet-50's 3x3/2 at 56x56: 567 ms against 341 ms forward and
+# backward, batch 32). The 3-channel stems stay with XLA, where patches lose.
+MIN_STRIDED_PATCH_CHANNELS = 16
+
+
+def _use_patches(kernel: Sequence[int], strides: Sequence[int], in_channels: int,
+                 out_positions: int) -> bool:
+  """The CPU rule, from per-convolution timings (launch/bench_convs.py)."""
+  return (out_positions <= MAX_PATCH_POSITIONS
+          or tuple(kernel) == (1, 1)  # A pointwise convolution is a matmul (after a slice).
+          or (max(strides) > 1 and in_channels >= MIN_STRIDED_PATCH_CHANNELS))
+
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _explicit_padding(padding, in_spatial: Sequence[int], kernel: Sequence[int],
+                      strides: Sequence[int]) -> list[tuple[int, int]]:
+  if isinstance(padding, str):
+    return list(lax.padtype_to_pads(in_spatial, kernel, strides, padding))
+  return [tuple(p) for p in padding]
+
+
+def conv_as_patch_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                         pads: Sequence[tuple[int, int]], *, precision=None,
+                         preferred_element_type=None) -> jax.Array:
+  """An NHWC x HWIO convolution (no dilation, no groups) as strided slices and one matmul."""
+  kh, kw, cin, cout = rhs.shape
+  (top, bottom), (left, right) = pads
+  sh, sw = strides
+  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  n, height, width, _ = x.shape
+  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+  taps = [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(taps, axis=-1)  # Channel order (i, j, c) == rhs.reshape's.
+  return jnp.einsum('nhwk,ko->nhwo', patches, rhs.reshape(kh * kw * cin, cout),
+                    precision=precision, preferred_element_type=preferred_element_type)
+
+
+def depthwise_as_shifted_sum(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                             pads: Sequence[tuple[int, int]], *,
+                             preferred_element_type=None) -> jax.Array:
+  """A depthwise NHWC convolution (HW1C kernel) as a sum of tap-shifted, scaled inputs.
+
+  A scan over the kernel's taps, each step one fused slice-multiply-add: an
+  unrolled sum runs 1.5x faster but compiles 3x slower (ConvNeXt-T's train
+  step: 58 s against 8 s for XLA's convolution), which a short run or a test
+  never wins back. Products accumulate in float32 (a bfloat16 sum of 49 taps
+  would lose digits); the result comes back in the input's dtype unless
+  `preferred_element_type` says otherwise.
+  """
+  kh, kw, _, channels = rhs.shape
+  (top, bottom), (left, right) = pads
+  sh, sw = strides
+  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  n, height, width, _ = x.shape
+  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+  span = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
+  weights = rhs.reshape(kh * kw, channels).astype(jnp.float32)
+
+  def add_tap(total, tap_index):
+    i, j = tap_index // kw, tap_index % kw
+    tap = lax.dynamic_slice(x, (0, i, j, 0), span)[:, ::sh, ::sw]
+    return total + tap.astype(jnp.float32) * weights[tap_index], None
+
+  total, _ = lax.scan(add_tap, jnp.zeros((n, out_h, out_w, channels), jnp.float32),
+                      jnp.arange(kh * kw))
+  return total.astype(preferred_element_type or lhs.dtype)
+
+
+def _output_spatial(in_spatial, kernel, strides, pads) -> tuple[int, ...]:
+  return tuple((size + lo + hi - k) // s + 1
+               for size, k, s, (lo, hi) in zip(in_spatial, kernel, strides, pads))
+
+
+def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                              rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                              batch_group_count=1, precision=None, preferred_element_type=None,
+                              out_sharding=None):
+  """`lax.conv_general_dilated`, on CPU lowered as the module docstring says.
+
+  The choice is made at trace time from the backend and the static shapes, so
+  a jitted step holds one fixed program. Anything else (dilation, groups that
+  are not depthwise, another layout, an explicit output sharding) goes to XLA
+  as is.
+  """
+  xla = lambda: lax.conv_general_dilated(  # noqa: E731
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+  if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or batch_group_count != 1
+      or out_sharding is not None
+      or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+    return xla()
+  strides = tuple(window_strides)
+  pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], strides)
+  if feature_group_count != 1:
+    if feature_group_count == lhs.shape[3] == rhs.shape[3] and rhs.shape[2] == 1:
+      return depthwise_as_shifted_sum(lhs, rhs, strides, pads,
+                                      preferred_element_type=preferred_element_type)
+    return xla()  # Grouped, or depthwise with a channel multiplier.
+  out_h, out_w = _output_spatial(lhs.shape[1:3], rhs.shape[:2], strides, pads)
+  if not _use_patches(rhs.shape[:2], strides, rhs.shape[2], out_h * out_w):
+    return xla()
+  return conv_as_patch_matmul(lhs, rhs, strides, pads, precision=precision,
+                              preferred_element_type=preferred_element_type)
+
+
+def set_conv_lowering(model: nnx.Module, lowering: str) -> nnx.Module:
+  """Sets how every `nnx.Conv` in `model` is lowered ('auto' or 'xla'); returns `model`.
+
+  The function is static module data (part of the graph definition, not of the
+  state), so parameters, checkpoints and pretrained weights are untouched.
+  """
+  if lowering not in LOWERINGS:
+    raise ValueError(f'conv lowering must be one of {LOWERINGS}, got {lowering!r}')
+  function = auto_conv_general_dilated if lowering == 'auto' else lax.conv_general_dilated
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, nnx.Conv):
+      module.conv_general_dilated = function
+  return model
