@@ -33,25 +33,15 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved timings; the median is reported.')
 
 
-def resnet18_convs(size: int) -> list[tuple[int, int, int, int, int]]:
-  """Distinct (input side, in channels, out channels, kernel, stride) of torchvision's ResNet-18."""
-  convs, side = [(size, 3, 64, 7, 2)], size // 4  # Stem conv, then the max-pool.
-  channels = 64
-  for stage, width in enumerate((64, 128, 256, 512)):
-    stride = 1 if stage == 0 else 2
-    convs.append((side, channels, width, 3, stride))
-    if stride == 2:
-      convs.append((side, channels, width, 1, 2))
-      side = -(-side // 2)
-    convs.append((side, width, width, 3, 1))
-    channels = width
-  return list(dict.fromkeys(convs))
-
-
-def cifar_resnet20_convs(size: int) -> list[tuple[int, int, int, int, int]]:
-  """The same for the CIFAR ResNet-20 (16, 32, 64 channels; 1x1 projection shortcuts)."""
-  convs, side, channels = [(size, 3, 16, 3, 1)], size, 16
-  for stage, width in enumerate((16, 32, 64)):
+def resnet_convs(model: str, size: int) -> list[tuple[int, int, int, int, int]]:
+  """Distinct (input side, in channels, out channels, kernel, stride) of torchvision's ResNet-18
+  or of the CIFAR ResNet-20 (3x3 stem, 16-32-64 channels, 1x1 projection shortcuts)."""
+  if model == 'resnet18':
+    stem, side, widths = (size, 3, 64, 7, 2), size // 4, (64, 128, 256, 512)  # Stem, max-pool.
+  else:
+    stem, side, widths = (size, 3, 16, 3, 1), size, (16, 32, 64)
+  convs, channels = [stem], stem[2]
+  for stage, width in enumerate(widths):
     stride = 1 if stage == 0 else 2
     convs.append((side, channels, width, 3, stride))
     if stride == 2:
@@ -84,8 +74,7 @@ def main(argv):
   del argv
   n = _BATCH_SIZE.value
   rng = np.random.default_rng(0)
-  shapes = (resnet18_convs if _MODEL.value == 'resnet18' else cifar_resnet20_convs)(
-      _IMAGE_SIZE.value)
+  shapes = resnet_convs(_MODEL.value, _IMAGE_SIZE.value)
   print(f'{jax.devices()[0].device_kind}, torch {torch.__version__} ({torch.get_num_threads()} '
         f'threads); batch {n}, {_MODEL.value} at {_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}; ms, '
         f'median of {_ROUNDS.value}; * = auto lowers to a patch matmul')

@@ -60,16 +60,20 @@ def _explicit_padding(padding, in_spatial: Sequence[int], kernel: Sequence[int],
   return [tuple(p) for p in padding]
 
 
+def _padded_and_output_size(lhs: jax.Array, kernel: Sequence[int], strides: Sequence[int],
+                            pads: Sequence[tuple[int, int]]) -> tuple[jax.Array, int, int]:
+  (top, bottom), (left, right) = pads
+  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  return x, (x.shape[1] - kernel[0]) // strides[0] + 1, (x.shape[2] - kernel[1]) // strides[1] + 1
+
+
 def conv_as_patch_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
                          pads: Sequence[tuple[int, int]], *, precision=None,
                          preferred_element_type=None) -> jax.Array:
   """An NHWC x HWIO convolution (no dilation, no groups) as strided slices and one matmul."""
   kh, kw, cin, cout = rhs.shape
-  (top, bottom), (left, right) = pads
-  sh, sw = strides
-  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  n, height, width, _ = x.shape
-  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+  (sh, sw), n = strides, lhs.shape[0]
+  x, out_h, out_w = _padded_and_output_size(lhs, (kh, kw), strides, pads)
   taps = [lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin),
                     (1, sh, sw, 1))
           for i in range(kh) for j in range(kw)]
@@ -91,11 +95,8 @@ def depthwise_as_shifted_sum(lhs: jax.Array, rhs: jax.Array, strides: Sequence[i
   `preferred_element_type` says otherwise.
   """
   kh, kw, _, channels = rhs.shape
-  (top, bottom), (left, right) = pads
-  sh, sw = strides
-  x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  n, height, width, _ = x.shape
-  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+  (sh, sw), n = strides, lhs.shape[0]
+  x, out_h, out_w = _padded_and_output_size(lhs, (kh, kw), strides, pads)
   span = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
   weights = rhs.reshape(kh * kw, channels).astype(jnp.float32)
 
