@@ -16,9 +16,11 @@ import ml_collections
 from jaxcls.config import ConfigError
 
 CONFIG_FILE = 'config.json'
-# May differ between the runs of one workdir: they do not change the trained model.
+# May differ between the runs of one workdir: they do not change the trained model
+# (model.conv_lowering changes how a convolution is computed, not which one; it is also absent
+# from the workdirs of runs older than the field).
 FREE_FIELDS = ('evaluate.', 'train.log_every_steps', 'data.num_workers', 'data.num_threads',
-               'data.prefetch', 'data.data_dir', 'data.download')
+               'data.prefetch', 'data.data_dir', 'data.download', 'model.conv_lowering')
 
 
 def _flatten(tree, prefix=''):

@@ -46,6 +46,27 @@ def test_a_workdir_of_another_config_is_refused_before_anything_changes(tiny_run
   assert (tiny_run_dir / 'config.json').read_text() == saved
 
 
+def test_a_workdir_from_before_conv_lowering_resumes_and_reopens(tiny_run_dir, tmp_path):
+  """model.conv_lowering changes how convolutions are computed, not the model: a saved config
+  without it (or with the other value) is the same run."""
+  import json  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  from jaxcls import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxcls.config import default_config, resolve_automatic_fields  # pylint: disable=g-import-not-at-top
+  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
+  from conftest import make_tiny  # pylint: disable=g-import-not-at-top
+  old = tmp_path / 'old'
+  shutil.copytree(tiny_run_dir, old)
+  saved = json.loads((old / 'config.json').read_text())
+  del saved['model']['conv_lowering']
+  (old / 'config.json').write_text(json.dumps(saved))
+  config = resolve_automatic_fields(make_tiny(default_config()))  # As train_and_evaluate does.
+  workdir_lib.check_config(old, config, has_checkpoints=True)  # No ConfigError.
+  config.model.conv_lowering = 'xla'
+  workdir_lib.check_config(old, config, has_checkpoints=True)
+  assert load_run(old).config.model.get('conv_lowering') is None  # And it reopens.
+
+
 def test_a_train_split_smaller_than_one_batch_is_a_config_error(config, tmp_path):
   config.train.batch_size = 4096
   with pytest.raises(ConfigError, match=r'config.train.batch_size=4096: the train split has only '

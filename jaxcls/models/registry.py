@@ -72,7 +72,9 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
   the classes match), then a configured MLP or multi-task head replaces it.
   """
   from jaxcls.models import heads  # pylint: disable=g-import-not-at-top
-  kwargs = dict(dtype=model_config.dtype, conv_lowering=model_config.conv_lowering)
+  # A run's saved config.json from before model.conv_lowering existed has no such field.
+  kwargs = dict(dtype=model_config.dtype,
+                conv_lowering=model_config.get('conv_lowering', 'auto'))
   if model_config.width:
     kwargs['width'] = model_config.width
   model = create_model(model_config.name, len(class_names), seed=seed,
