@@ -165,9 +165,10 @@ def build(case: Case, config, num_classes: int):
   model = create_model(case.model, num_classes, conv_lowering=case.conv_lowering, **kwargs)
   tx = create_optimizer(config.optimizer)
   train_graph, eval_graph, state = create_train_state(model, tx, config.seed)
-  set_conv_lowering(model, 'xla')
-  model.train()
-  flops_graph = nnx.graphdef(model)
+  if case.conv_lowering != 'xla':
+    set_conv_lowering(model, 'xla')
+    model.train()
+    flops_graph = nnx.graphdef(model)
   del model
   state = jax.device_put(state, parallel.replicated(mesh))
   learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
@@ -178,7 +179,7 @@ def build(case: Case, config, num_classes: int):
       std=config.data.std or (0.25,) * 3, dtype=case.dtype, augment_config=config.data.augment,
       mixup=mixup)
   train_fn, eval_fn = steps(train_graph, eval_graph)
-  flops_fn = steps(flops_graph, eval_graph)[0]
+  flops_fn = train_fn if case.conv_lowering == 'xla' else steps(flops_graph, eval_graph)[0]
   rng = np.random.default_rng(0)
   size = case.image_size
   batch = dict(image=rng.integers(0, 256, (case.global_batch, size, size, 3), dtype=np.uint8),

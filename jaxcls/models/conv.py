@@ -60,11 +60,16 @@ def _explicit_padding(padding, in_spatial: Sequence[int], kernel: Sequence[int],
   return [tuple(p) for p in padding]
 
 
+def _output_spatial(in_spatial, kernel, strides, pads) -> tuple[int, ...]:
+  return tuple((size + lo + hi - k) // s + 1
+               for size, k, s, (lo, hi) in zip(in_spatial, kernel, strides, pads))
+
+
 def _padded_and_output_size(lhs: jax.Array, kernel: Sequence[int], strides: Sequence[int],
                             pads: Sequence[tuple[int, int]]) -> tuple[jax.Array, int, int]:
   (top, bottom), (left, right) = pads
   x = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  return x, (x.shape[1] - kernel[0]) // strides[0] + 1, (x.shape[2] - kernel[1]) // strides[1] + 1
+  return (x, *_output_spatial(lhs.shape[1:3], kernel, strides, pads))
 
 
 def conv_as_patch_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
@@ -108,11 +113,6 @@ def depthwise_as_shifted_sum(lhs: jax.Array, rhs: jax.Array, strides: Sequence[i
   total, _ = lax.scan(add_tap, jnp.zeros((n, out_h, out_w, channels), jnp.float32),
                       jnp.arange(kh * kw))
   return total.astype(preferred_element_type or lhs.dtype)
-
-
-def _output_spatial(in_spatial, kernel, strides, pads) -> tuple[int, ...]:
-  return tuple((size + lo + hi - k) // s + 1
-               for size, k, s, (lo, hi) in zip(in_spatial, kernel, strides, pads))
 
 
 def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,

@@ -37,8 +37,9 @@ def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
     pretrained: a directory written by `python -m jaxcls.convert`, or a PyTorch
       `.pth`/`.safetensors` file converted on the fly. Every variable comes from
       it except a head whose number of classes differs, which stays fresh.
-    conv_lowering: 'auto' (a matmul over patches for convolutions on tiny maps
-      on CPU, where XLA's convolution is slow; `jaxcls.models.conv`) or 'xla'.
+    conv_lowering: 'auto' (on CPU, the convolutions XLA:CPU is slow at run as
+      patch matmuls or shifted sums; XLA's elsewhere: `jaxcls.models.conv`) or
+      'xla' (always XLA's convolution).
     **kwargs: passed to the constructor (e.g. `width`, `dtype`).
 
   After `model.eval()`, `model(images)` maps a float32 NHWC batch, already
