@@ -44,6 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
   # WORKDIR/splits.json, which a rerun in the same workdir reuses.
   data.split = (0.8, 0.1, 0.1)
   data.split_seed = 0
+  # A source with its own val split but no test split (a folder with train/
+  # and val/ only, as PyTorch's ants-vs-bees): 'val' tests on val (the log
+  # says the figure is optimistic: the best checkpoint is chosen on it too);
+  # 'split' draws test from train with `split` instead.
+  data.missing_test = 'val'
   # Stratified k-fold cross-validation: with `num_folds` >= 2, test is drawn
   # by `split` as usual, the rest (train + val, val's share included) is dealt
   # into `num_folds` stratified parts with `split_seed`, and this run validates
@@ -60,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
   # for 224 crops, as ImageNet-pretrained models expect). 0: resize straight to
   # `image_size`.
   data.resize_size = 0
+  # Resampling of the host resize: 'bilinear' or 'bicubic'. Empty: the
+  # pretrained weights' (TF's EfficientNets and timm's weights: bicubic), or
+  # bilinear without them.
+  data.interpolation = ''
   # Per-channel mean and std in [0, 1] units; normalisation runs on the device
   # so that batches cross the host-to-device link as uint8. Empty: those the
   # pretrained weights were trained with, or 0.5 and 0.25 without them.
@@ -156,10 +165,15 @@ def get_config() -> ml_collections.ConfigDict:
   # ResNets, 64 for the ImageNet ones). Narrow models train fast on CPU: at 8,
   # this default reaches ~99% test accuracy on digits in two minutes on 2 cores.
   model.width = 8
-  # Pretrained weights: a directory written by `python -m jaxcls.convert`, or a
-  # PyTorch .pth/.safetensors file converted on the fly. Everything loads
-  # strictly except a classifier head of another number of classes, which is
-  # freshly initialised. None: train from scratch.
+  # Pretrained weights: a tag such as 'efficientnet_lite0.tf_in1k' (`python -m
+  # jaxcls.models --pretrained` lists them; fetched into the cache on first
+  # use), 'hf-hub:timm/REPO', a directory written by `python -m jaxcls.convert`,
+  # or a PyTorch .pth/.safetensors file converted on the fly. A tag, Hub repo or
+  # converted directory also sets model.name (leave it and model.width at their
+  # defaults) and the input fields left automatic (data.image_size,
+  # resize_size, interpolation, mean, std). Everything loads strictly except a
+  # classifier head of another number of classes, which is freshly initialised.
+  # None: train from scratch.
   model.pretrained = config_dict.placeholder(str)
   # Compute dtype of activations: 'float32' or 'bfloat16'. Parameters, the
   # optimizer state and the loss stay in float32.
@@ -177,6 +191,17 @@ def get_config() -> ml_collections.ConfigDict:
   model.head = 'linear'
   model.head_hidden = 512
   model.head_dropout = 0.5
+  # On pretrained weights, a fresh head (another number of classes, or an MLP
+  # or multi-task head) starts with its output layer at zero, so at chance:
+  # a random one on pretrained features starts confidently wrong and its first
+  # gradients tear into the backbone (big_vision's head_zeroinit).
+  model.head_zero_init = True
+  # EfficientNet only: 'same' (TF's padding, as TF-trained weights need) or
+  # 'symmetric' (torchvision's and timm's own weights), and the BatchNorm
+  # epsilon (TF 1e-3, PyTorch 1e-5). Empty / 0: what the pretrained weights
+  # need (a tag says; a raw file's key layout implies it), else 'same', 1e-3.
+  model.padding = ''
+  model.batch_norm_epsilon = 0.0
 
   # --------------------------------------------------------- fine-tuning ---
   # Which parameter groups train, and how fast. Every model names its groups

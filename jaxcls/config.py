@@ -10,10 +10,12 @@ import importlib.util
 from pathlib import Path
 
 import ml_collections
+from absl import logging
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 
 BEST_METRICS = ('accuracy', 'loss', 'top5_accuracy')
+INTERPOLATIONS = ('bilinear', 'bicubic')
 
 
 class ConfigError(ValueError):
@@ -35,30 +37,89 @@ def default_config() -> ml_collections.ConfigDict:
   return load_config_file(DEFAULT_CONFIG)
 
 
-def resolve_automatic_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy with the automatic (empty or 0) input fields filled in.
+def resolve_automatic_fields(config: ml_collections.ConfigDict, *,
+                             log: bool = False) -> ml_collections.ConfigDict:
+  """A copy with the automatic (empty or 0) fields filled in, from the pretrained weights.
 
-  With pretrained weights, the input size, resize and normalisation default to
-  what the weights were trained with (a converted checkpoint's metadata, or
-  ImageNet's conventions for a raw PyTorch file); without, to 32x32 and a
-  mean of 0.5 and std of 0.25 per channel. Fields the config sets win.
+  With pretrained weights (a tag, a Hub repo, a converted directory or a raw
+  file: `jaxcls.pretrained.store.resolve`), the architecture, input size,
+  resize, interpolation and normalisation default to what the weights were
+  trained with; without, to 32x32 bilinear and a mean of 0.5 and std of 0.25
+  per channel. Fields the config sets win (`log` says where they differ).
+  A warm-up as long as the run or longer becomes a fifth of it, so a one-epoch
+  run works with the default warm-up. `log`: say what was chosen.
   """
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the input stays as given.
-  info = None
-  if config.model.pretrained:
-    info = store.read_metadata(config.model.pretrained) or store.PretrainedInfo(
-        arch=config.model.name, source=config.model.pretrained, sha256='', layout='', num_classes=0)
+  notes = []
+  info = _pretrained_info(config, notes) if config.model.pretrained else None
   data = config.data
+  wanted = {} if info is None else dict(
+      image_size=info.input_size, resize_size=info.resize_size, mean=tuple(info.mean),
+      std=tuple(info.std), interpolation=info.interpolation)
   if not data.image_size:
-    data.image_size = info.input_size if info else 32
+    data.image_size = wanted.get('image_size', 32)
     if info and not data.resize_size:
-      data.resize_size = int(round(info.input_size / info.crop_pct))
+      data.resize_size = wanted['resize_size']
+  if not data.interpolation:
+    data.interpolation = wanted.get('interpolation', 'bilinear')
   if not data.mean:
-    data.mean = tuple(info.mean) if info else (0.5, 0.5, 0.5)
+    data.mean = wanted.get('mean', (0.5, 0.5, 0.5))
   if not data.std:
-    data.std = tuple(info.std) if info else (0.25, 0.25, 0.25)
+    data.std = wanted.get('std', (0.25, 0.25, 0.25))
+  for field, value in wanted.items():
+    if tuple(_rounded(data[field])) != tuple(_rounded(value)):
+      notes.append(f'config.data.{field}={data[field]!r} as set; the weights were trained with '
+                   f'{value!r}')
+  o = config.optimizer
+  if o.warmup_epochs >= config.train.num_epochs > 0:
+    warmup = config.train.num_epochs / 5
+    notes.append(f'config.optimizer.warmup_epochs={o.warmup_epochs:g} is not shorter than '
+                 f'train.num_epochs={config.train.num_epochs}: warming up over {warmup:g} epochs')
+    o.warmup_epochs = warmup
+  if log:
+    for note in notes:
+      logging.info('%s', note)
   return config
+
+
+def _rounded(value, digits: int = 6):
+  """Values as a tuple rounded for comparing (127/255 read back from JSON is the same mean)."""
+  values = value if isinstance(value, (tuple, list)) else (value,)
+  return tuple(round(v, digits) if isinstance(v, float) else v for v in values)
+
+
+def _pretrained_info(config, notes: list[str]):
+  """The weights `config.model.pretrained` names; model.name and width follow them."""
+  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
+  from jaxcls.pretrained.checkpoint_files import CheckpointFileError  # pylint: disable=g-import-not-at-top
+  spec, model = str(config.model.pretrained), config.model
+  defaults = default_config().model
+  try:
+    weights = store.resolve(spec, None if store.names_architecture(spec) else model.name)
+  except (KeyError, FileNotFoundError, ValueError, CheckpointFileError,
+          store.PretrainedSourceError) as e:
+    message = e.args[0] if isinstance(e, KeyError) else str(e)
+    raise ConfigError(f'config.model.pretrained={spec!r}: {message}') from e
+  info = weights.info
+  if model.name != info.arch:
+    if model.name != defaults.name:
+      raise ConfigError(f'config.model.name={model.name!r}: config.model.pretrained={spec!r} '
+                        f'holds {info.arch} weights (leave model.name unset, or set it to '
+                        f'{info.arch!r})')
+    notes.append(f'config.model.name={info.arch!r}: from the weights {spec}')
+    model.name = info.arch
+    if model.width == defaults.width:  # The default's narrow width is for its own model.
+      model.width = 0
+  from jaxcls.models.registry import weights_arch_kwargs  # pylint: disable=g-import-not-at-top
+  for field, value in weights_arch_kwargs(info.arch, weights).items():
+    if not model.get(field):
+      model[field] = value
+    elif model[field] != value:
+      notes.append(f'config.model.{field}={model[field]!r} as set; the weights need {value!r}')
+  notes.append(f'pretrained {info.tag or info.source}: {info.arch}, input {info.input_size} '
+               f'(resize {info.resize_size}, {info.interpolation}), mean {_rounded(info.mean, 4)},'
+               f' std {_rounded(info.std, 4)}')
+  return info
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int = 1,
@@ -66,8 +127,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1,
   """Raises ConfigError listing every unknown key, wrong type and impossible value."""
   defaults = default_config() if defaults is None else defaults
   errors = _schema_errors(config, defaults, 'config')
-  if not errors:  # Value checks assume the schema holds.
-    errors = _value_errors(config, device_count)
+  if not errors:  # Value checks assume the schema holds, and see the automatic fields filled.
+    try:
+      config = resolve_automatic_fields(config)
+    except ConfigError as e:
+      errors = [str(e)]
+    else:
+      errors = _value_errors(config, device_count)
   if errors:
     raise ConfigError('invalid config:\n  ' + '\n  '.join(errors))
 
@@ -141,6 +207,7 @@ def _value_errors(c, device_count: int) -> list[str]:
     check(split[0] > 0, 'data.split', f'the train {kind[:-1]} must be positive')
   except ValueError as e:
     check(False, 'data.split', str(e))
+  check(c.data.missing_test in ('val', 'split'), 'data.missing_test', "expected 'val' or 'split'")
   check(c.data.num_folds == 0 or c.data.num_folds >= 2, 'data.num_folds',
         'must be 0 (off) or >= 2')
   check(0 <= c.data.fold < max(c.data.num_folds, 1), 'data.fold',
@@ -155,9 +222,8 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(len(c.data.mean) in (0, 3), 'data.mean', 'expected 3 channel means (or none: automatic)')
   check(len(c.data.std) in (0, 3) and all(s > 0 for s in c.data.std), 'data.std',
         'expected 3 positive channel stds (or none: automatic)')
-  check(c.model.pretrained is None or Path(c.model.pretrained).exists(), 'model.pretrained',
-        'no such file or directory (convert PyTorch weights once with `python -m jaxcls.convert '
-        f'--model {c.model.name} --src FILE.pth --out DIR`, then pass DIR)')
+  check(c.data.interpolation in INTERPOLATIONS, 'data.interpolation',
+        f'expected one of {INTERPOLATIONS} (or empty: automatic)')
   _check_augment(c.data.augment, check)
   check(c.data.sampler in ('uniform', 'balanced'), 'data.sampler',
         "expected 'uniform' or 'balanced'")
@@ -174,6 +240,12 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(c.model.head in ('linear', 'mlp'), 'model.head', "expected 'linear' or 'mlp'")
   check(c.model.conv_lowering in LOWERINGS, 'model.conv_lowering', f'expected one of {LOWERINGS}')
   check(c.model.head_hidden >= 1, 'model.head_hidden', 'must be >= 1')
+  check(c.model.padding in ('', 'same', 'symmetric'), 'model.padding',
+        "expected 'same', 'symmetric' or empty (the weights')")
+  check(c.model.batch_norm_epsilon >= 0, 'model.batch_norm_epsilon', 'must be >= 0 (0: automatic)')
+  for field in ('padding', 'batch_norm_epsilon'):
+    check(not c.model[field] or c.model.name.startswith('efficientnet'), f'model.{field}',
+          f'only EfficientNets take it, not {c.model.name}')
   check(0 <= c.model.head_dropout < 1, 'model.head_dropout', 'must be in [0, 1)')
   if c.model.name in list_models() and c.model.width >= 0:  # Else the model cannot be built.
     errors += _finetune_errors(c)
@@ -191,8 +263,7 @@ def _value_errors(c, device_count: int) -> list[str]:
   check(c.optimizer.weight_decay >= 0, 'optimizer.weight_decay', 'must be >= 0')
   check(c.optimizer.schedule in ('cosine', 'step', 'constant'), 'optimizer.schedule',
         "expected 'cosine', 'step' or 'constant'")
-  check(0 <= c.optimizer.warmup_epochs < c.train.num_epochs, 'optimizer.warmup_epochs',
-        f'must be in [0, train.num_epochs={c.train.num_epochs})')
+  check(c.optimizer.warmup_epochs >= 0, 'optimizer.warmup_epochs', 'must be >= 0')
   decay = list(c.optimizer.decay_epochs)
   check(decay == sorted(decay) and all(e > c.optimizer.warmup_epochs for e in decay),
         'optimizer.decay_epochs', 'must be increasing and after the warm-up')

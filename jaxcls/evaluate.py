@@ -272,11 +272,10 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
   if tta:
     primary = f'{primary} + TTA'
 
-  data_config = runs[0].config.data
+  resize = transforms.Resize.from_config(runs[0].config.data)
 
   def images(indices):
-    return np.stack([transforms.resize(np.asarray(source[int(i)]['image']),
-                                       data_config.image_size, data_config.resize_size)
+    return np.stack([resize.map({'image': np.asarray(source[int(i)]['image'])})['image']
                      for i in indices])
 
   unique = len({w.name for w in workdirs}) == len(workdirs)

@@ -37,7 +37,8 @@ def explain_files(run, paths, class_index: int | None = None):
   kept, images = [], []
   for path in paths:
     try:
-      images.append(predict.load_and_preprocess(path, data.image_size, data.resize_size))
+      images.append(predict.load_and_preprocess(path, data.image_size, data.resize_size,
+                                                data.get('interpolation') or 'bilinear'))
       kept.append(path)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Skipping unreadable image %s (%s: %s)', path, type(e).__name__, e)

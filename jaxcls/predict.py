@@ -57,15 +57,17 @@ def list_image_files(paths) -> list[str]:
   return list(dict.fromkeys(files))
 
 
-def load_and_preprocess(path: str, image_size: int, resize_size: int = 0) -> np.ndarray:
+def load_and_preprocess(path: str, image_size: int, resize_size: int = 0,
+                        interpolation: str = 'bilinear') -> np.ndarray:
   """A file -> the uint8 [image_size, image_size, 3] array evaluation would feed the model."""
-  image = transforms.resize(decode_image(path), image_size, resize_size)
+  image = transforms.resize(decode_image(path), image_size, resize_size, interpolation)
   return np.ascontiguousarray(image)
 
 
-def _try_load(path, image_size, resize_size):
+def _try_load(path, resize: transforms.Resize):
   try:
-    return load_and_preprocess(path, image_size, resize_size), None
+    return load_and_preprocess(path, resize.image_size, resize.resize_size,
+                               resize.interpolation), None
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises OSError, ValueError, DecompressionBombError... for bad files.
     return None, f'{type(e).__name__}: {e}'
@@ -88,14 +90,14 @@ def predict_files(run, paths, top_k: int = 5, batch_size: int = 64) -> list[Pred
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   top_k = max(1, min(top_k, len(run.class_names)))
-  data = run.config.data
+  resize = transforms.Resize.from_config(run.config.data)
   # Every batch has the same shape, so the forward pass compiles once.
   padded_size = max(1, min(batch_size, len(paths)))
   results = []
   with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
     for start in range(0, len(paths), batch_size):
       chunk = paths[start:start + batch_size]
-      loaded = list(pool.map(lambda p: _try_load(p, data.image_size, data.resize_size), chunk))
+      loaded = list(pool.map(lambda p: _try_load(p, resize), chunk))
       images = [image for image, _ in loaded if image is not None]
       probabilities = iter(())
       if images:

@@ -10,6 +10,7 @@ early stopping, both kept in the checkpoint's meta.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -69,7 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   started = time.monotonic()
   validate(config, device_count=jax.device_count())
-  config = resolve_automatic_fields(config)
+  config = resolve_automatic_fields(config, log=True)
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -97,11 +98,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   tasks = tasks_from_class_names(dataset.class_names, config.tasks.names, config.tasks.separator)
   heads_per_task = tasks is not None and config.tasks.mode == 'heads'
-  model = model_from_config(config.model, dataset.class_names, tasks if heads_per_task else None,
-                            seed=config.seed)
-  if config.model.pretrained:
-    logging.info('%s weights from %s (input %d, mean %s, std %s)', config.model.name,
-                 config.model.pretrained, config.data.image_size, config.data.mean, config.data.std)
+  model, pretrained = model_from_config(config.model, dataset.class_names,
+                                        tasks if heads_per_task else None, seed=config.seed,
+                                        return_info=True)
+  if pretrained is not None:
+    logging.info('%s weights %s (%s layout, sha256 %s) from %s; input %d, resize %d %s, mean %s, '
+                 'std %s', config.model.name, pretrained.tag or '(no tag)', pretrained.layout,
+                 pretrained.sha256[:12], pretrained.source, config.data.image_size,
+                 config.data.resize_size, config.data.interpolation, config.data.mean,
+                 config.data.std)
   if tasks is not None:
     logging.info('tasks (%s): %s', config.tasks.mode,
                  ', '.join(f'{n} {v}' for n, v in zip(tasks.names, tasks.values)))
@@ -315,9 +320,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       best_step=best_step, history=history, class_names=list(dataset.class_names),
       stopped_early_at_epoch=stopped_early_at_epoch,
       plateau=None if plateau is None else dict(metric=plateau_metric, **plateau_state.to_dict()),
+      pretrained=None if pretrained is None else dataclasses.asdict(pretrained),
       loss=loss_info, mixup=config.mixup.to_dict() if mixup.enabled else None,
       num_params=int(num_params), num_examples=dict(train=len(dataset.train),
                                                     val=len(dataset.val), test=len(dataset.test)),
+      test_is_val=dataset.test is dataset.val,
       finetune=dict(strategy=config.finetune.strategy, groups=list(plan.groups),
                     phases=[dict(epoch=e, trainable=list(t)) for e, t in plan.phases],
                     lr_multipliers=dict(plan.lr_multipliers)),

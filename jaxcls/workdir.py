@@ -21,6 +21,10 @@ CONFIG_FILE = 'config.json'
 # from the workdirs of runs older than the field).
 FREE_FIELDS = ('evaluate.', 'train.log_every_steps', 'data.num_workers', 'data.num_threads',
                'data.prefetch', 'data.data_dir', 'data.download', 'model.conv_lowering')
+# Fields newer than some workdirs: compared only where the saved config has them, so a run
+# saved before them still resumes (its data and model came from their old behaviour).
+NEWER_FIELDS = ('data.interpolation', 'data.missing_test', 'model.head_zero_init',
+                'model.padding', 'model.batch_norm_epsilon')
 
 
 def _flatten(tree, prefix=''):
@@ -39,7 +43,8 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   before = _flatten(saved)
   return [f'{field}: {before.get(field, "(absent)")!r} -> {now.get(field, "(absent)")!r}'
           for field in sorted(set(now) | set(before))
-          if not field.startswith(FREE_FIELDS) and before.get(field) != now.get(field)]
+          if not field.startswith(FREE_FIELDS) and before.get(field) != now.get(field)
+          and not (field in NEWER_FIELDS and field not in before)]
 
 
 def check_config(workdir: str | Path, config: ml_collections.ConfigDict, *,

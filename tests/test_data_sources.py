@@ -126,6 +126,23 @@ def test_pre_split_folder_without_val_carves_it_from_train(tmp_path):
   np.testing.assert_array_equal(np.bincount(dataset.val.labels), [2, 2])
 
 
+def test_a_folder_with_train_and_val_but_no_test_tests_on_val(tmp_path, caplog):
+  write_class_images(tmp_path / 'train' / 'red', 'red', 8)
+  write_class_images(tmp_path / 'train' / 'gray', 'gray', 8)
+  write_class_images(tmp_path / 'val' / 'red', 'red', 3)
+  write_class_images(tmp_path / 'val' / 'gray', 'gray', 3)
+  dataset = sources.load_dataset(data_config(source=f'folder:{tmp_path}'), str(tmp_path / 'w'))
+  assert dataset.test is dataset.val and len(dataset.train) == 16  # Nothing taken from train.
+  assert 'the test split is the val split' in caplog.text and 'optimistic' in caplog.text
+  report = json.loads((tmp_path / 'w' / 'data_report.json').read_text())
+  # The synthetic images repeat across train/ and val/; val is never reported as test's copy.
+  assert report['duplicates_across_splits'] and not any(
+      'test' in pair for pair in report['duplicates_across_splits'])
+  carved = sources.load_dataset(data_config(source=f'folder:{tmp_path}', missing_test='split',
+                                            split=(0.75, 0.0, 0.25)), None)
+  assert (len(carved.train), len(carved.val), len(carved.test)) == (12, 6, 4)
+
+
 def test_val_class_unknown_to_train_is_an_error(tmp_path):
   write_class_images(tmp_path / 'train' / 'red', 'red', 2)
   write_class_images(tmp_path / 'val' / 'blue', 'red', 2)

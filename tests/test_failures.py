@@ -59,12 +59,19 @@ def test_a_workdir_from_before_conv_lowering_resumes_and_reopens(tiny_run_dir, t
   shutil.copytree(tiny_run_dir, old)
   saved = json.loads((old / 'config.json').read_text())
   del saved['model']['conv_lowering']
+  for field in workdir_lib.NEWER_FIELDS:  # Nor the fields the pretrained registry brought.
+    group, name = field.split('.')
+    del saved[group][name]
   (old / 'config.json').write_text(json.dumps(saved))
   config = resolve_automatic_fields(make_tiny(default_config()))  # As train_and_evaluate does.
   workdir_lib.check_config(old, config, has_checkpoints=True)  # No ConfigError.
   config.model.conv_lowering = 'xla'
   workdir_lib.check_config(old, config, has_checkpoints=True)
   assert load_run(old).config.model.get('conv_lowering') is None  # And it reopens.
+  # Where the saved config has a newer field, a change of it is a change of the run.
+  config.data.missing_test = 'split'
+  with pytest.raises(ConfigError, match=r"data.missing_test: 'val' -> 'split'"):
+    workdir_lib.check_config(tiny_run_dir, config, has_checkpoints=True)
 
 
 def test_a_train_split_smaller_than_one_batch_is_a_config_error(config, tmp_path):

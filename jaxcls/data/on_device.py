@@ -38,7 +38,7 @@ class DeviceTrainSet:
     if jax.process_count() > 1:
       raise ValueError(f'data.on_device=True runs on one process; this run has '
                        f'{jax.process_count()} (use the host pipeline, data.on_device=False)')
-    resize = transforms.Resize(data_config.image_size, data_config.resize_size)
+    resize = transforms.Resize.from_config(data_config)
     examples = [resize.map(source[i]) for i in range(len(source))]  # Decoded once, here.
     images = np.stack([example['image'] for example in examples])
     labels = np.asarray([example['label'] for example in examples], np.int32)

@@ -148,11 +148,11 @@ def train_batches(source, data_config, *, global_batch_size: int, seed: int,
     ds = ds.random_map(
         transforms.RandomResizedCrop(
             data_config.image_size, tuple(augment.random_resized_crop_scale),
-            tuple(augment.random_resized_crop_ratio)),
+            tuple(augment.random_resized_crop_ratio),
+            data_config.get('interpolation') or 'bilinear'),
         seed=crop_seed)
   else:
-    ds = ds.map(transforms.Resize(data_config.image_size,
-                                  data_config.resize_size))
+    ds = ds.map(transforms.Resize.from_config(data_config))
   ds = ds.random_map(
       transforms.Augment(augment.random_crop_padding, augment.horizontal_flip),
       seed=augment_seed)
@@ -192,8 +192,7 @@ def eval_batches(source, data_config, *, global_batch_size: int,
     return iter(())
   num_batches = -(-len(source) // global_batch_size)
   ds = grain.MapDataset.source(_Padded(source, num_batches * global_batch_size))
-  ds = ds.map(transforms.Resize(data_config.image_size,
-                                data_config.resize_size))
+  ds = ds.map(transforms.Resize.from_config(data_config))
   ds = ds[process_index::process_count]
   ds = ds.batch(local_batch_size, drop_remainder=True)
   return _to_iterator(ds, data_config)

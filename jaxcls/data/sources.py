@@ -186,6 +186,7 @@ def _load_tfds(data_config, workdir, name: str) -> Dataset:
   have = {'train': TfdsSource(sources['train']),
           'val': TfdsSource(sources[val_name]) if val_name else None,
           'test': TfdsSource(sources['test']) if 'test' in sources else None}
+  _test_is_val(data_config, have, f'TFDS {name}')
   missing = tuple(n for n in ('val', 'test') if have[n] is None)
   if missing:
     # Labels only: skipping image decoding makes this a fast pass.
@@ -314,6 +315,7 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
         raise ValueError(f'{split_dirs[name]}/ has images of class(es) {orphans}, whose train '
                          'folder holds no readable image')
       have[name] = ImageFileSource(held_files, [remap[l] for l in held_labels])
+  _test_is_val(data_config, have, f'{root} (train/ and {split_dirs["val"]}/, no test/)')
   missing = tuple(n for n in ('val', 'test') if have[n] is None)
   if missing:
     keys = [os.path.relpath(f, root).replace(os.sep, '/') for f in files]
@@ -331,11 +333,29 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
   return dataset
 
 
+def _test_is_val(data_config, have: dict, what: str) -> None:
+  """With data.missing_test='val', a source with its own val split but no test tests on val.
+
+  A folder with train/ and val/ (the ants-vs-bees layout of PyTorch's
+  transfer-learning tutorial) means "validate on val/"; carving a test split
+  out of a small train/ would leave a few dozen test images and fewer to train
+  on. Testing on val is what such a user compares against, but the checkpoint
+  was chosen on it, so the log says the figure is optimistic.
+  """
+  if have['val'] is None or have['test'] is not None or (
+      data_config.get('missing_test') or 'val') != 'val':
+    return
+  have['test'] = have['val']
+  logging.warning('%s: the test split is the val split (config.data.missing_test=\'val\'); '
+                  'the best checkpoint is chosen on it too, so its test metrics are optimistic. '
+                  '--config.data.missing_test=split draws a test split from train instead.', what)
+
+
 def _duplicates_across_splits(dataset: Dataset, checks, root) -> list[dict]:
   """Byte-identical files in different splits: test images the model trained on."""
   first_seen = {}
   duplicates = []
-  for split in ('train', 'val', 'test'):
+  for split in ('train', 'val') if dataset.test is dataset.val else ('train', 'val', 'test'):
     for path in getattr(dataset, split).paths:
       digest = checks[path].sha1
       if digest in first_seen and first_seen[digest][0] != split:

@@ -12,14 +12,20 @@ import grain
 import numpy as np
 from PIL import Image
 
+# config.data.interpolation -> PIL's resampling filter.
+RESAMPLING = {'bilinear': Image.Resampling.BILINEAR, 'bicubic': Image.Resampling.BICUBIC}
 
-def resize(image: np.ndarray, image_size: int, resize_size: int = 0):
+
+def resize(image: np.ndarray, image_size: int, resize_size: int = 0,
+           interpolation: str = 'bilinear'):
   """Resizes to `image_size` squared, via a center crop if `resize_size`.
 
   With `resize_size` > 0 the shorter side goes to `resize_size` first and the
   center `image_size` square is kept, which preserves the aspect ratio (the
   ImageNet evaluation convention); otherwise the image is stretched.
+  `interpolation` is the weights' ('bicubic' for TF's and timm's).
   """
+  resample = RESAMPLING[interpolation]
   height, width = image.shape[:2]
   if resize_size > 0:
     if min(height, width) != resize_size:
@@ -27,7 +33,7 @@ def resize(image: np.ndarray, image_size: int, resize_size: int = 0):
       size = (max(resize_size, round(width * scale)),
               max(resize_size, round(height * scale)))
       image = np.asarray(
-          Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+          Image.fromarray(image).resize(size, resample))
       height, width = image.shape[:2]
     if height < image_size or width < image_size:
       raise ValueError(f'data.resize_size={resize_size} is smaller than '
@@ -36,8 +42,7 @@ def resize(image: np.ndarray, image_size: int, resize_size: int = 0):
     return image[top:top + image_size, left:left + image_size]
   if (height, width) == (image_size, image_size):
     return image
-  return np.asarray(Image.fromarray(image).resize(
-      (image_size, image_size), Image.Resampling.BILINEAR))
+  return np.asarray(Image.fromarray(image).resize((image_size, image_size), resample))
 
 
 def random_crop(image: np.ndarray, padding: int, rng: np.random.Generator):
@@ -75,13 +80,13 @@ def random_resized_crop_box(height: int, width: int, scale, ratio,
 
 
 def random_resized_crop(image: np.ndarray, image_size: int, scale, ratio,
-                        rng: np.random.Generator):
+                        rng: np.random.Generator, interpolation: str = 'bilinear'):
   """A `random_resized_crop_box` of `image`, resized to `image_size` squared."""
   top, left, crop_h, crop_w = random_resized_crop_box(
       *image.shape[:2], scale, ratio, rng)
   crop = image[top:top + crop_h, left:left + crop_w]
-  return np.asarray(Image.fromarray(crop).resize(
-      (image_size, image_size), Image.Resampling.BILINEAR))
+  return np.asarray(Image.fromarray(crop).resize((image_size, image_size),
+                                                 RESAMPLING[interpolation]))
 
 
 def random_flip(image: np.ndarray, rng: np.random.Generator):
@@ -94,9 +99,16 @@ class Resize(grain.transforms.Map):
   """`resize` on the 'image' of an example dict."""
   image_size: int
   resize_size: int = 0
+  interpolation: str = 'bilinear'
+
+  @classmethod
+  def from_config(cls, data_config) -> 'Resize':
+    """`config.data`'s resize (a run saved before data.interpolation was bilinear)."""
+    return cls(data_config.image_size, data_config.resize_size,
+               data_config.get('interpolation') or 'bilinear')
 
   def map(self, element):
-    image = resize(element['image'], self.image_size, self.resize_size)
+    image = resize(element['image'], self.image_size, self.resize_size, self.interpolation)
     return {**element, 'image': np.ascontiguousarray(image)}
 
 
@@ -106,10 +118,11 @@ class RandomResizedCrop(grain.transforms.RandomMap):
   image_size: int
   scale: tuple[float, float] = (0.08, 1.0)
   ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  interpolation: str = 'bilinear'
 
   def random_map(self, element, rng: np.random.Generator):
     image = random_resized_crop(element['image'], self.image_size, self.scale,
-                                self.ratio, rng)
+                                self.ratio, rng, self.interpolation)
     return {**element, 'image': np.ascontiguousarray(image)}
 
 

@@ -92,3 +92,28 @@ def replace_head(model: nnx.Module, head: nnx.Module) -> None:
 def head_in_features(model: nnx.Module) -> int:
   """Width of what the head consumes: `model.features(x).shape[-1]`."""
   return int(model.num_features)
+
+
+def zero_output_layer(head: nnx.Module) -> None:
+  """Zeroes the layer(s) producing the logits, so a fresh head starts at chance.
+
+  On a pretrained backbone the features are large and structured, and a
+  randomly initialised Linear on them starts far from uniform (a first-epoch
+  loss of 2-4 on two classes was measured): its early gradients then tear
+  into the backbone. big_vision fine-tunes with `head_zeroinit` for this
+  reason. A multi-task head zeroes every task's Linear; an MLP head its last.
+  The gradients reach the layers before a zeroed one from the second step on.
+  """
+  if isinstance(head, MultiTaskHead):
+    linears = list(head.heads.values())
+  elif isinstance(head, MLPHead):
+    linears = [head.out]
+  else:
+    linears = [m for _, m in nnx.iter_graph(head) if isinstance(m, nnx.Linear)][-1:] or (
+        [head] if isinstance(head, nnx.Linear) else [])
+  if not linears:
+    raise TypeError(f'no Linear layer in the head {type(head).__name__}')
+  for linear in linears:
+    linear.kernel.set_value(jnp.zeros_like(linear.kernel[...]))
+    if linear.bias is not None:
+      linear.bias.set_value(jnp.zeros_like(linear.bias[...]))

@@ -1,7 +1,9 @@
 """Name -> constructor registry, so configs pick architectures by name (as timm does)."""
 
+import dataclasses
 from collections.abc import Callable
 
+from absl import logging
 from flax import nnx
 
 from jaxcls.models.conv import set_conv_lowering
@@ -26,17 +28,22 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
-                 pretrained: str | None = None, conv_lowering: str = 'auto',
+                 pretrained: 'str | bool | None' = None, conv_lowering: str = 'auto',
                  **kwargs) -> nnx.Module:
   """Builds a registered model, freshly initialised or from pretrained weights.
 
   Args:
-    name: a name from `list_models()`, e.g. 'resnet50' or 'cifar_resnet20'.
+    name: a name from `list_models()`, e.g. 'resnet50', optionally with a
+      pretrained tag as timm names them: 'efficientnet_lite0.tf_in1k'.
     num_classes: outputs of the classifier head.
     seed: seed of the parameter initialisation (of the head, when pretrained).
-    pretrained: a directory written by `python -m jaxcls.convert`, or a PyTorch
-      `.pth`/`.safetensors` file converted on the fly. Every variable comes from
-      it except a head whose number of classes differs, which stays fresh.
+    pretrained: True (the tag in `name`, else the architecture's default tag),
+      a tag, 'hf-hub:OWNER/REPO', a directory written by `python -m
+      jaxcls.convert`, or a PyTorch `.pth`/`.safetensors` file converted on the
+      fly (`jaxcls.pretrained.store.resolve`). Every variable comes from it
+      except a head whose number of classes differs, which stays fresh. The
+      constructor arguments the weights need (e.g. EfficientNet's padding and
+      BatchNorm epsilon) come with them; `kwargs` override them.
     conv_lowering: 'auto' (on CPU, the convolutions XLA:CPU is slow at run as
       patch matmuls or shifted sums; XLA's elsewhere: `jaxcls.models.conv`) or
       'xla' (always XLA's convolution).
@@ -45,19 +52,74 @@ def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
   After `model.eval()`, `model(images)` maps a float32 NHWC batch, already
   normalised, to logits.
   """
-  if name not in _MODELS:
-    raise ValueError(f'unknown model {name!r}; known models: {", ".join(list_models())}')
+  return create_model_with_info(name, num_classes, seed=seed, pretrained=pretrained,
+                                conv_lowering=conv_lowering, **kwargs)[0]
+
+
+def create_model_with_info(name: str, num_classes: int = 1000, *, seed: int = 0,
+                           pretrained: 'str | bool | None' = None, conv_lowering: str = 'auto',
+                           **kwargs):
+  """`create_model`, and the `PretrainedInfo` of its weights (None from scratch)."""
+  arch, _, tag = name.partition('.')
+  if arch not in _MODELS:
+    raise ValueError(f'unknown model {arch!r}; known models: {", ".join(list_models())}')
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1, got {num_classes}')
-  model = _MODELS[name](num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
-  if pretrained:
-    from jaxcls.pretrained.store import load_pretrained  # pylint: disable=g-import-not-at-top
-    load_pretrained(model, pretrained, arch=name)
-  return set_conv_lowering(model, conv_lowering)
+  if pretrained is True:
+    from jaxcls.pretrained import registry as tags  # pylint: disable=g-import-not-at-top
+    pretrained = name if tag else tags.default_tag(arch)
+  if not pretrained:
+    model = _MODELS[arch](num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+    return set_conv_lowering(model, conv_lowering), None
+  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
+  weights = store.resolve(str(pretrained), arch)
+  state = store.read_state(weights)
+  needed = weights_arch_kwargs(arch, weights, state, **kwargs)
+  overridden = {k: (v, kwargs[k]) for k, v in needed.items() if k in kwargs and kwargs[k] != v}
+  if overridden:
+    logging.warning('%s: the weights %s were trained with %s; building with %s as asked',
+                    arch, pretrained, {k: v for k, (v, _) in overridden.items()},
+                    {k: v for k, (_, v) in overridden.items()})
+  built = {**needed, **kwargs}
+  model = _MODELS[arch](num_classes=num_classes, rngs=nnx.Rngs(seed), **built)
+  info = store.load_pretrained(model, weights, arch=arch, state=state)
+  info = dataclasses.replace(info, arch_kwargs={k: built[k] for k in needed})
+  return set_conv_lowering(model, conv_lowering), info
+
+
+def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
+  """The constructor arguments resolved `weights` need (`jaxcls.pretrained.store.Weights`).
+
+  A tag and a converted directory record them. For a raw checkpoint they follow
+  from its key layout where the model class says so in `layout_arch_kwargs`:
+  EfficientNet's efficientnet_pytorch weights are TF's ("SAME" padding,
+  epsilon 1e-3), timm's and torchvision's own pad symmetrically with 1e-5.
+  """
+  if weights.info.arch_kwargs or weights.info.tag or weights.path.is_dir():
+    return dict(weights.info.arch_kwargs)
+  constructor = _MODELS[arch]
+  by_layout = getattr(getattr(constructor, 'func', constructor), 'layout_arch_kwargs', None)
+  if not by_layout:
+    return {}
+  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
+  from jaxcls.pretrained.convert import match_layout  # pylint: disable=g-import-not-at-top
+  state = store.read_state(weights) if state is None else state
+  kwargs = {k: v for k, v in kwargs.items() if k not in ('dtype',)}
+  abstract = nnx.eval_shape(lambda: constructor(num_classes=1, rngs=nnx.Rngs(0), **kwargs))
+  layout = match_layout(abstract, state)
+  needed = dict(by_layout.get(layout, {}))
+  if needed:
+    logging.info('%s: a %s checkpoint in %s\'s layout: building with %s', weights.path, arch,
+                 layout, ', '.join(f'{k}={v!r}' for k, v in needed.items()))
+  return needed
+
+
+# config.model fields that are constructor arguments of some families only, when set.
+ARCH_FIELDS = ('padding', 'batch_norm_epsilon')
 
 
 def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
-                      pretrained: bool = True) -> nnx.Module:
+                      pretrained: bool = True, return_info: bool = False):
   """The model `config.model` describes, for these classes, with its configured head.
 
   Args:
@@ -68,6 +130,7 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
     seed: initialisation seed.
     pretrained: load `model_config.pretrained` (off to build a skeleton that
       a checkpoint restore fills anyway).
+    return_info: also return the weights' `PretrainedInfo` (None from scratch).
 
   Pretrained weights load into the architecture's own head first (kept when
   the classes match), then a configured MLP or multi-task head replaces it.
@@ -78,8 +141,10 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
                 conv_lowering=model_config.get('conv_lowering', 'auto'))
   if model_config.width:
     kwargs['width'] = model_config.width
-  model = create_model(model_config.name, len(class_names), seed=seed,
-                       pretrained=model_config.pretrained if pretrained else None, **kwargs)
+  kwargs.update({k: model_config[k] for k in ARCH_FIELDS if model_config.get(k)})
+  model, info = create_model_with_info(
+      model_config.name, len(class_names), seed=seed,
+      pretrained=model_config.pretrained if pretrained else None, **kwargs)
   # A separate stream, so the backbone's initialisation does not depend on the head.
   rngs = nnx.Rngs(params=seed + 1, dropout=seed + 2)
   in_features = heads.head_in_features(model)
@@ -91,4 +156,7 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
     heads.replace_head(model, heads.MLPHead(
         in_features, model_config.head_hidden, len(class_names),
         dropout_rate=model_config.head_dropout, dtype=model_config.dtype, rngs=rngs))
-  return model
+  if info is not None and model_config.get('head_zero_init', False) and (
+      info.num_classes != len(class_names) or tasks is not None or model_config.head == 'mlp'):
+    heads.zero_output_layer(heads.get_submodule(model, model.head_name))
+  return (model, info) if return_info else model

@@ -89,10 +89,32 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
       initialised and ignores the checkpoint's head, e.g. for a new number of
       classes; None keeps it exactly when its shapes fit the model's head.
   """
+  name, plan = _match(model, state_dict, layout, keep_head)
+  convert_tensor = _as_is if name == 'jaxcls' else to_flax
+  shape_errors, converted = [], {}
+  for canonical, (key, value, variable) in plan.items():
+    try:
+      converted[canonical] = convert_tensor(value, variable.shape, key)
+    except CheckpointMismatchError as e:
+      shape_errors.append(str(e))
+  if shape_errors:
+    raise CheckpointMismatchError(f'{len(shape_errors)} shape mismatches: {_preview(shape_errors)}')
+  for canonical, value in converted.items():  # Only once everything fits: no half-loaded model.
+    variable = plan[canonical][2]
+    variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+  return name
+
+
+def match_layout(model: nnx.Module, state_dict: Mapping[str, np.ndarray]) -> str:
+  """The layout whose key names fit `model` (abstract is fine: no tensor is touched)."""
+  return _match(model, state_dict, None, None)[0]
+
+
+def _match(model, state_dict, layout, keep_head) -> tuple[str, dict]:
+  """(the layout, {canonical key: (source key, tensor, target variable)}) that fits every key."""
   identity = lambda k: k  # noqa: E731
   if layout == 'jaxcls':  # Canonical keys, Flax layout: written by save_converted.
-    _load(model, state_dict, identity, keep_head, _as_is)
-    return layout
+    return layout, _plan(model, state_dict, identity, keep_head)
   layouts: dict[str, Callable[[str], str | None]] = {'torchvision': identity}
   layouts.update(getattr(model, 'checkpoint_layouts', {}))
   if layout is not None and layout not in layouts:
@@ -101,8 +123,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
   errors = {}
   for name in candidates:
     try:
-      _load(model, state_dict, layouts[name], keep_head, to_flax)
-      return name
+      return name, _plan(model, state_dict, layouts[name], keep_head)
     except CheckpointMismatchError as e:
       errors[name] = e
   if len(errors) == 1:
@@ -112,7 +133,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
       '\n'.join(f'--- as {name}: {e}' for name, e in errors.items()))
 
 
-def _load(model, state_dict, rename, keep_head, convert_tensor):
+def _plan(model, state_dict, rename, keep_head) -> dict:
   head = _head_prefix(model) + '.'
   source = {}
   for key, value in state_dict.items():
@@ -138,19 +159,7 @@ def _load(model, state_dict, rename, keep_head, convert_tensor):
     raise CheckpointMismatchError(
         f'{len(missing)} model variables have no checkpoint tensor: {_preview(missing)}; '
         f'{len(unused)} checkpoint tensors fit no model variable: {_preview(unused)}')
-  shape_errors, converted = [], {}
-  for canonical, variable in targets.items():
-    if skipped(canonical):
-      continue
-    key, value = source[canonical]
-    try:
-      converted[canonical] = convert_tensor(value, variable.shape, key)
-    except CheckpointMismatchError as e:
-      shape_errors.append(str(e))
-  if shape_errors:
-    raise CheckpointMismatchError(f'{len(shape_errors)} shape mismatches: {_preview(shape_errors)}')
-  for canonical, value in converted.items():  # Only once everything fits: no half-loaded model.
-    targets[canonical].set_value(jnp.asarray(value, dtype=targets[canonical].dtype))
+  return {k: (*source[k], v) for k, v in targets.items() if not skipped(k)}
 
 
 def _preview(keys: list[str], limit: int = 12) -> str:
