@@ -297,3 +297,125 @@ class MobileNetV2(nn.Module):
 
   def forward(self, x):
     return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+class TimmMobileNetV2(nn.Module):
+  """timm's `mobilenetv2_100` (its EfficientNet builder): `conv_stem`, `bn1`, `blocks.i.j`
+  (stage 0 a DepthwiseSeparableConv: conv_dw, bn1, conv_pw, bn2, no activation after the
+  pointwise; then InvertedResidual: conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3), `conv_head`,
+  `bn2`, `classifier`; ReLU6, no squeeze-and-excitation, BatchNorm eps 1e-5, symmetric pads."""
+
+  def __init__(self, num_classes=1000):
+    super().__init__()
+    self.conv_stem = _timm_conv(3, 32, 3, 2)
+    self.bn1 = nn.BatchNorm2d(32)
+    stages, inp = [], 32
+    for i, (t, c, n, s) in enumerate(((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                      (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))):
+      blocks = []
+      for j in range(n):
+        blocks.append(_TimmMobileDS(inp, c) if i == 0 else
+                      _TimmMobileIR(inp, c, s if j == 0 else 1, t))
+        inp = c
+      stages.append(nn.Sequential(*blocks))
+    self.blocks = nn.Sequential(*stages)
+    self.conv_head = _timm_conv(inp, 1280, 1)
+    self.bn2 = nn.BatchNorm2d(1280)
+    self.classifier = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    x = self.blocks(F.relu6(self.bn1(self.conv_stem(x))))
+    return self.classifier(F.relu6(self.bn2(self.conv_head(x))).mean((2, 3)))
+
+
+class _TimmMobileDS(nn.Module):
+
+  def __init__(self, inp, oup):
+    super().__init__()
+    self.conv_dw = _timm_conv(inp, inp, 3, 1, groups=inp)
+    self.bn1 = nn.BatchNorm2d(inp)
+    self.conv_pw = _timm_conv(inp, oup, 1)
+    self.bn2 = nn.BatchNorm2d(oup)
+
+  def forward(self, x):
+    return self.bn2(self.conv_pw(F.relu6(self.bn1(self.conv_dw(x)))))
+
+
+class _TimmMobileIR(nn.Module):
+
+  def __init__(self, inp, oup, stride, expand):
+    super().__init__()
+    mid = inp * expand
+    self.conv_pw = _timm_conv(inp, mid, 1)
+    self.bn1 = nn.BatchNorm2d(mid)
+    self.conv_dw = _timm_conv(mid, mid, 3, stride, groups=mid)
+    self.bn2 = nn.BatchNorm2d(mid)
+    self.conv_pwl = _timm_conv(mid, oup, 1)
+    self.bn3 = nn.BatchNorm2d(oup)
+    self.skip = stride == 1 and inp == oup
+
+  def forward(self, inputs):
+    x = F.relu6(self.bn1(self.conv_pw(inputs)))
+    x = self.bn3(self.conv_pwl(F.relu6(self.bn2(self.conv_dw(x)))))
+    return x + inputs if self.skip else x
+
+
+def _conv_norm_silu(inp, oup, kernel, stride=1, groups=1, activation=True, eps=1e-5):
+  """torchvision's Conv2dNormActivation(..., activation_layer=nn.SiLU)."""
+  layers = [nn.Conv2d(inp, oup, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(oup, eps=eps)]
+  return nn.Sequential(*layers, *([nn.SiLU()] if activation else []))
+
+
+class _TorchvisionSE(nn.Module):
+  """torchvision.ops.SqueezeExcitation: avgpool, fc1, SiLU, fc2, sigmoid."""
+
+  def __init__(self, ch, squeezed):
+    super().__init__()
+    self.fc1 = nn.Conv2d(ch, squeezed, 1)
+    self.fc2 = nn.Conv2d(squeezed, ch, 1)
+
+  def forward(self, x):
+    return x * torch.sigmoid(self.fc2(F.silu(self.fc1(x.mean((2, 3), True)))))
+
+
+class _TorchvisionMBConv(nn.Module):
+  """torchvision's MBConv: `block` = [expand], depthwise, SqueezeExcitation, project."""
+
+  def __init__(self, inp, oup, kernel, stride, expand, eps):
+    super().__init__()
+    mid = inp * expand
+    layers = [] if expand == 1 else [_conv_norm_silu(inp, mid, 1, eps=eps)]
+    layers += [_conv_norm_silu(mid, mid, kernel, stride, groups=mid, eps=eps),
+               _TorchvisionSE(mid, max(1, inp // 4)),
+               _conv_norm_silu(mid, oup, 1, activation=False, eps=eps)]
+    self.block = nn.Sequential(*layers)
+    self.use_res_connect = stride == 1 and inp == oup
+
+  def forward(self, x):
+    return x + self.block(x) if self.use_res_connect else self.block(x)
+
+
+class TorchvisionEfficientNet(nn.Module):
+  """torchvision.models.efficientnet_b*: `features.0` the stem, `features.1..7` the stages of
+  MBConv blocks, `features.8` the head conv, `classifier.1`; symmetric padding, BatchNorm eps
+  1e-5 for B0-B4 (ported from timm) and 1e-3 for B5-B7 (ported from lukemelas's)."""
+
+  def __init__(self, name, num_classes=1000):
+    super().__init__()
+    width, depth, _, _ = PARAMS[name]
+    eps = 1e-3 if name in ('efficientnet-b5', 'efficientnet-b6', 'efficientnet-b7') else 1e-5
+    stem = round_filters(32, width)
+    features, inp = [_conv_norm_silu(3, stem, 3, 2, eps=eps)], stem
+    for repeats, kernel, stride, expand, _, oup in B0_BLOCKS:
+      oup, blocks = round_filters(oup, width), []
+      for j in range(int(math.ceil(depth * repeats))):
+        blocks.append(_TorchvisionMBConv(inp, oup, kernel, stride if j == 0 else 1, expand, eps))
+        inp = oup
+      features.append(nn.Sequential(*blocks))
+    features.append(_conv_norm_silu(inp, 4 * inp, 1, eps=eps))
+    self.features = nn.Sequential(*features)
+    self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(4 * inp, num_classes))
+
+  def forward(self, x):
+    return self.classifier(self.features(x).mean((2, 3)))

@@ -418,8 +418,30 @@ SIZES = {
     'efficientnet_lite4': (1.4, 1.8, 300, 0.3),
 }
 
+_TF = dict(padding='same', batch_norm_epsilon=1e-3)
+
+
+def layout_arch_kwargs(name: str) -> dict[str, dict]:
+  """What a raw checkpoint of each key layout needs (see `registry.register`).
+
+  efficientnet_pytorch's weights (lukemelas's, and the Lite packages') are TF's.
+  timm's own `efficientnet_b*` and torchvision's B0-B4 (ported from timm) pad
+  symmetrically with epsilon 1e-5; torchvision's B5-B7 (ported from lukemelas's)
+  keep epsilon 1e-3 but pad symmetrically. timm's `tf_efficientnet_*` files
+  share timm's key names yet need TF's settings, which no key reveals: their
+  tags say so. Every Lite checkpoint was trained by TF.
+  """
+  if 'lite' in name:
+    return {layout: _TF for layout in ('efficientnet_pytorch', 'timm', 'torchvision')}
+  torchvision_eps = 1e-3 if name in ('efficientnet_b5', 'efficientnet_b6', 'efficientnet_b7') \
+      else 1e-5
+  return {'efficientnet_pytorch': _TF,
+          'timm': dict(padding='symmetric', batch_norm_epsilon=1e-5),
+          'torchvision': dict(padding='symmetric', batch_norm_epsilon=torchvision_eps)}
+
+
 # Keyword defaults: `create_model('efficientnet_b0', 10, drop_connect_rate=0.0)` overrides them.
 for _name, (_width, _depth, _resolution, _dropout) in SIZES.items():
-  register(_name)(functools.partial(
+  register(_name, layout_arch_kwargs=layout_arch_kwargs(_name))(functools.partial(
       EfficientNet, width_coefficient=_width, depth_coefficient=_depth,
       lite='lite' in _name, dropout_rate=_dropout))

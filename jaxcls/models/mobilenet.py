@@ -4,9 +4,14 @@ Module names and indices follow torchvision's `torchvision.models.mobilenetv2`
 state dict (`features.0` the stem, `features.{1..17}.conv.{k}` the inverted
 residual blocks, `features.18` the 1x1 head convolution, `classifier.1` the
 Linear), so its checkpoints (`mobilenet_v2-b0353104.pth`,
-`mobilenet_v2-7ebf99e0.pth`) load name by name. Convolutions pad
-symmetrically, (k - 1) // 2 per side, as torchvision's.
+`mobilenet_v2-7ebf99e0.pth`) load name by name; timm's `mobilenetv2_100` keys
+(`conv_stem`, `bn1`, `blocks.{stage}.{j}.conv_pw/conv_dw/conv_pwl...`,
+`conv_head`, `bn2`, `classifier`) are renamed to them (`checkpoint_layouts`).
+Convolutions pad symmetrically, (k - 1) // 2 per side, as both do.
 """
+
+import re
+
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +97,37 @@ class MobileNetV2(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.classifier(self.features(x))
+
+  @property
+  def checkpoint_layouts(self):
+    """Layout name -> function renaming that layout's keys to torchvision's (ours)."""
+    return {'timm': _from_timm}
+
+
+# timm's block parts -> their index in our `conv` Sequential: the first stage's
+# DepthwiseSeparableConv (no expansion), then the InvertedResidual blocks.
+_TIMM_DS = {'conv_dw': '0.0', 'bn1': '0.1', 'conv_pw': '1', 'bn2': '2'}
+_TIMM_IR = {'conv_pw': '0.0', 'bn1': '0.1', 'conv_dw': '1.0', 'bn2': '1.1', 'conv_pwl': '2',
+            'bn3': '3'}
+_FIRST_BLOCK = [1 + sum(n for _, _, n, _ in STAGES[:i]) for i in range(len(STAGES))]
+_HEAD = 1 + sum(n for _, _, n, _ in STAGES)
+
+
+def _from_timm(key: str) -> str:
+  match = re.match(r'blocks\.(\d+)\.(\d+)\.(\w+)\.(\w+)$', key)
+  if match:
+    stage, index, part, leaf = int(match[1]), int(match[2]), match[3], match[4]
+    parts = _TIMM_DS if stage == 0 else _TIMM_IR
+    if stage < len(STAGES) and index < STAGES[stage][2] and part in parts:
+      return f'features.{_FIRST_BLOCK[stage] + index}.conv.{parts[part]}.{leaf}'
+    return f'<not a timm mobilenetv2 key> {key}'
+  top = {'conv_stem.': 'features.0.0.', 'bn1.': 'features.0.1.',
+         'conv_head.': f'features.{_HEAD}.0.', 'bn2.': f'features.{_HEAD}.1.',
+         'classifier.': 'classifier.1.'}
+  for prefix, canonical in top.items():
+    if key.startswith(prefix):
+      return canonical + key[len(prefix):]
+  return f'<not a timm mobilenetv2 key> {key}'
 
 
 def _group_patterns():

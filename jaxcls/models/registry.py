@@ -9,15 +9,27 @@ from flax import nnx
 from jaxcls.models.conv import set_conv_lowering
 
 _MODELS: dict[str, Callable[..., nnx.Module]] = {}
+# name -> {checkpoint layout: constructor arguments that layout's weights need}.
+_LAYOUT_ARCH_KWARGS: dict[str, dict[str, dict]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
-  """Decorator: makes `create_model(name, ...)` call the decorated constructor."""
+def register(name: str, *, layout_arch_kwargs: dict[str, dict] | None = None
+             ) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
+  """Decorator: makes `create_model(name, ...)` call the decorated constructor.
+
+  `layout_arch_kwargs`: for architectures whose checkpoints in different key
+  layouts were trained with different settings (EfficientNet: TF's "SAME"
+  padding and BatchNorm epsilon 1e-3 in efficientnet_pytorch's layout, PyTorch's
+  symmetric padding and 1e-5 in timm's and torchvision's), what a raw
+  checkpoint of each layout needs.
+  """
 
   def add(constructor):
     if name in _MODELS:
       raise ValueError(f'model {name!r} is registered twice')
     _MODELS[name] = constructor
+    if layout_arch_kwargs:
+      _LAYOUT_ARCH_KWARGS[name] = layout_arch_kwargs
     return constructor
 
   return add
@@ -91,14 +103,13 @@ def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
   """The constructor arguments resolved `weights` need (`jaxcls.pretrained.store.Weights`).
 
   A tag and a converted directory record them. For a raw checkpoint they follow
-  from its key layout where the model class says so in `layout_arch_kwargs`:
-  EfficientNet's efficientnet_pytorch weights are TF's ("SAME" padding,
-  epsilon 1e-3), timm's and torchvision's own pad symmetrically with 1e-5.
+  from its key layout, as the architecture registered them: EfficientNet's
+  efficientnet_pytorch weights are TF's ("SAME" padding, epsilon 1e-3), timm's
+  and torchvision's own pad symmetrically with 1e-5.
   """
   if weights.info.arch_kwargs or weights.info.tag or weights.path.is_dir():
     return dict(weights.info.arch_kwargs)
-  constructor = _MODELS[arch]
-  by_layout = getattr(getattr(constructor, 'func', constructor), 'layout_arch_kwargs', None)
+  constructor, by_layout = _MODELS[arch], _LAYOUT_ARCH_KWARGS.get(arch)
   if not by_layout:
     return {}
   from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
