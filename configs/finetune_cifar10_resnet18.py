@@ -1,24 +1,22 @@
 """CIFAR-10 with an ImageNet ResNet-18, one fine-tuning strategy per row, 32 -> 224 pixels.
 
 The published comparison this reproduces (10 epochs): full fine-tuning 92.95%,
-partial (last stage + head) 90.56%, progressive unfreezing 88.88%. Convert
-torchvision's weights once (torch needed for that step only):
+partial (last stage + head) 90.56%, progressive unfreezing 88.88%. The
+weights are torchvision's, by their tag `resnet18.tv_in1k`, downloaded once on
+first use into $JAXCLS_HOME (torch reads the .pth):
 
-    python -m jaxcls.convert --model resnet18 --src resnet18-f37072fd.pth \\
-        --out ~/.cache/jaxcls/resnet18
     for row in full partial feature_extraction gradual discriminative scratch; do
       python -m jaxcls.main --config configs/finetune_cifar10_resnet18.py:$row \\
           --workdir runs/cifar10_resnet18/$row
     done
 
-(`--config.model.pretrained=PATH` points elsewhere; $JAXCLS_HOME moves the
-cache.) The 32x32 images are resized straight to 224x224 (no center crop),
-normalised with ImageNet's statistics from the converted weights' metadata.
+(`--config.model.pretrained=PATH` takes a file or converted directory instead.)
+The 32x32 images are resized straight to 224x224 (no center crop), normalised
+with ImageNet's statistics, as the tag says.
 ResNet-18's groups: stem, stage1..stage4, head.
 """
 
 from jaxcls.config import apply_overrides, default_config
-from jaxcls.pretrained.store import cache_dir
 
 ROWS = {
     'full': {},
@@ -46,7 +44,7 @@ def get_config(row: str = 'full'):
   config.data.augment.horizontal_flip = True
   config.model.name = 'resnet18'
   config.model.width = 0
-  config.model.pretrained = str(cache_dir() / 'resnet18')
+  config.model.pretrained = 'resnet18.tv_in1k'
   config.optimizer.learning_rate = 0.01
   config.optimizer.weight_decay = 5e-4
   config.optimizer.warmup_epochs = 0.5

@@ -7,6 +7,7 @@ import ml_collections
 import pytest
 
 from jaxcls.config import ConfigError, load_config_file, validate
+from jaxcls.pretrained import registry
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / 'configs').glob('*.py'))
 
@@ -23,9 +24,13 @@ def _rows(path):
                          ids=lambda v: v.name if isinstance(v, pathlib.Path) else str(v))
 def test_every_shipped_config_is_valid(path, row):
   config = load_config_file(path, row)
-  if config.model.pretrained and not pathlib.Path(config.model.pretrained).exists():
-    # Weights a user converts once (no network here); the rest must still hold.
+  spec = config.model.pretrained
+  if spec and registry.is_tag(spec) and registry.get_pretrained(spec).source.kind != 'package':
+    # A tag fetched on first use (no network here): its architecture, from scratch.
+    config.model.name, config.model.width = registry.get_pretrained(spec).arch, 0
     config.model.pretrained = None
+  elif spec and not registry.is_tag(spec) and not pathlib.Path(spec).exists():
+    config.model.pretrained = None  # Weights a user converts once; the rest must still hold.
   validate(config, device_count=1)
 
 
