@@ -167,7 +167,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.width = 8
   # Pretrained weights: a tag such as 'efficientnet_lite0.tf_in1k' (`python -m
   # jaxcls.models --pretrained` lists them; fetched into the cache on first
-  # use), 'hf-hub:timm/REPO', a directory written by `python -m jaxcls.convert`,
+  # use), 'hf-hub:timm/REPO', a directory written by `python -m jaxcls.cli.convert`,
   # or a PyTorch .pth/.safetensors file converted on the fly. A tag, Hub repo or
   # converted directory also sets model.name (leave it and model.width at their
   # defaults) and the input fields left automatic (data.image_size,
@@ -366,11 +366,11 @@ def get_config() -> ml_collections.ConfigDict:
   ckpt.best_mode = 'max'
 
   # ---------------------------------------------------------- evaluation ---
-  # Read by `python -m jaxcls.evaluate` and by the report every run writes to
+  # Read by `python -m jaxcls.cli.evaluate` and by the report every run writes to
   # WORKDIR/report/ (whose flags can override them for an existing run).
   config.evaluate = evaluate = ml_collections.ConfigDict()
   # Write WORKDIR/report/ when training ends (seconds to a minute: Grad-CAM
-  # and the figures). Off, `python -m jaxcls.evaluate --workdir DIR` writes
+  # and the figures). Off, `python -m jaxcls.cli.evaluate --workdir DIR` writes
   # the same report later; sweeps of many short runs may skip it this way.
   evaluate.report_at_end = True
   # Test-time augmentation, reported beside the plain result: the softmax

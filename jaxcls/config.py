@@ -172,7 +172,7 @@ def _finetune_errors(c) -> list[str]:
   """The fine-tuning plan against the model's own parameter groups (built abstractly)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from jaxcls import finetune  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import finetune  # pylint: disable=g-import-not-at-top
   from jaxcls.models import create_model  # pylint: disable=g-import-not-at-top
   kwargs = {'width': c.model.width} if c.model.width else {}
   model = nnx.eval_shape(lambda: create_model(c.model.name, 2, **kwargs))
@@ -343,7 +343,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
 
 def _check_regularization(c, check) -> None:
   """Value checks of `config.mixup`, `loss`, `plateau` and `early_stopping`."""
-  from jaxcls import losses  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import losses  # pylint: disable=g-import-not-at-top
   m = c.mixup
   for field in ('mixup_alpha', 'cutmix_alpha'):
     check(m[field] >= 0, f'mixup.{field}', 'must be >= 0 (0: off)')

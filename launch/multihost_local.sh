@@ -7,7 +7,7 @@
 #
 # Every process runs `python -m jaxcls.main` with the same arguments and
 # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set (read by
-# jaxcls.parallel.initialize_distributed); process 0 writes the logs and results.json.
+# jaxcls.training.parallel.initialize_distributed); process 0 writes the logs and results.json.
 # Logs: WORKDIR/process_I.log. Exit status: the first failing process's, else 0.
 # $PYTHON picks the interpreter (default: python on PATH, e.g. an activated venv's).
 set -euo pipefail

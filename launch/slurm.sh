@@ -5,7 +5,7 @@
 #   sbatch launch/slurm.sh --config configs/default.py --workdir /shared/runs/exp1 [--config.X=Y]
 #
 # srun starts one task per node; inside each, jax.distributed.initialize() (called by
-# jaxcls.parallel.initialize_distributed when SLURM_NTASKS > 1) reads the coordinator, the
+# jaxcls.training.parallel.initialize_distributed when SLURM_NTASKS > 1) reads the coordinator, the
 # process count and this process's id from SLURM's variables. Each process reads its own shard
 # of every batch, Orbax writes the checkpoints collectively, and process 0 writes the logs and
 # results.json, so --workdir must be on a file system every node sees. Re-submitting the same

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from jaxcls.metrics import eval_metrics_class
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.training.metrics import eval_metrics_class
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps
 
 
 def steps_for(model, optimizer_config, num_classes=10, label_smoothing=0.0):

@@ -1,4 +1,4 @@
-"""`python -m jaxcls.bench`: every path runs (smoke), and its figures mean what they say."""
+"""`python benchmarks/bench_train_step.py`: every path runs (smoke), and its figures mean what they say."""
 
 import json
 import os
@@ -16,7 +16,7 @@ def smoke(tmp_path_factory):
   out = tmp_path_factory.mktemp('bench') / 'bench.json'
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
-  completed = subprocess.run([sys.executable, '-m', 'jaxcls.bench', '--smoke', f'--json={out}'],
+  completed = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_train_step.py'), '--smoke', f'--json={out}'],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert completed.returncode == 0, completed.stderr[-3000:]
   return json.loads(out.read_text()), completed.stdout
@@ -61,7 +61,7 @@ def test_both_conv_lowerings_are_timed_and_count_the_networks_flops(tmp_path):
   CPU; the FLOPs column stays the network's (taps on padding left out) for both rows."""
   out = tmp_path / 'bench.json'
   completed = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.bench', '--models=cifar_resnet20', '--width=4',
+      [sys.executable, str(ROOT / 'benchmarks' / 'bench_train_step.py'), '--models=cifar_resnet20', '--width=4',
        '--image_sizes=8', '--dtypes=float32', '--batch_sizes=4', '--num_classes=10',
        '--conv_lowerings=auto,xla', '--steps=1', '--repeats=1', '--warmup=1', f'--json={out}'],
       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,

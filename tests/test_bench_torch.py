@@ -1,6 +1,6 @@
-"""launch/bench_torch.py runs and writes its rows; its torch models are our JAX models.
+"""benchmarks/bench_torch.py runs and writes its rows; its torch models are our JAX models.
 
-The torch benchmark is only a fair twin of `python -m jaxcls.bench` if both time
+The torch benchmark is only a fair twin of `python benchmarks/bench_train_step.py` if both time
 the same network: the forward FLOPs of each torch reference, its convolutions
 counted as XLA counts them (taps on padding left out), must be those XLA's cost
 analysis gives the jaxcls model of the same name, and a neighbouring depth's
@@ -17,7 +17,7 @@ import pytest
 
 import torch_resnet
 
-LAUNCH = Path(__file__).resolve().parents[1] / 'launch'
+LAUNCH = Path(__file__).resolve().parents[1] / 'benchmarks'
 sys.path.insert(0, str(LAUNCH))
 import bench_torch  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 

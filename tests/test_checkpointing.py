@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxcls.checkpointing import Checkpointer
-from jaxcls.steps import TrainState
+from jaxcls.training.checkpointing import Checkpointer
+from jaxcls.training.steps import TrainState
 
 
 def _state(step):

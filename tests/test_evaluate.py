@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcls import data, evaluate
-from jaxcls.runs import load_run
+from jaxcls import data
+from jaxcls.evaluation import evaluate
+from jaxcls.evaluation.reopen import load_run
 
 REPORT_FILES = ('classification_report.md', 'classification_report.json',
                 'confusion_matrix.png', 'confusion_matrix.csv', 'curves.png', 'misclassified.png')
@@ -114,7 +115,7 @@ def test_runs_with_other_classes_cannot_be_ensembled(run_dir, tmp_path):
 
 def test_cli_writes_the_report_files(run_dir, tmp_path):
   completed = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.evaluate', '--workdir', str(run_dir), '--split', 'val',
+      [sys.executable, '-m', 'jaxcls.cli.evaluate', '--workdir', str(run_dir), '--split', 'val',
        '--output_dir', str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
   assert completed.returncode == 0, completed.stderr[-2000:]
   assert f'report -> {tmp_path}' in completed.stdout
@@ -125,7 +126,7 @@ def test_cli_writes_the_report_files(run_dir, tmp_path):
 
 def test_cli_on_a_bad_workdir_is_a_clear_error(tmp_path):
   completed = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.evaluate', '--workdir', str(tmp_path / 'nope')],
+      [sys.executable, '-m', 'jaxcls.cli.evaluate', '--workdir', str(tmp_path / 'nope')],
       capture_output=True, text=True, timeout=300, check=False)
   assert completed.returncode != 0
   assert f'{tmp_path / "nope"} is not a jaxcls workdir: no config.json' in completed.stderr

@@ -4,8 +4,8 @@ import pytest
 import jax
 import orbax.checkpoint as ocp
 
-from jaxcls import train
-from jaxcls.checkpointing import CheckpointSaveError
+from jaxcls.training import loop as train
+from jaxcls.training.checkpointing import CheckpointSaveError
 from jaxcls.config import ConfigError
 
 
@@ -51,9 +51,9 @@ def test_a_workdir_from_before_conv_lowering_resumes_and_reopens(tiny_run_dir, t
   without it (or with the other value) is the same run."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  from jaxcls import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from jaxcls.config import default_config, resolve_automatic_fields  # pylint: disable=g-import-not-at-top
-  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation.reopen import load_run  # pylint: disable=g-import-not-at-top
   from conftest import make_tiny  # pylint: disable=g-import-not-at-top
   old = tmp_path / 'old'
   shutil.copytree(tiny_run_dir, old)

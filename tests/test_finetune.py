@@ -11,13 +11,13 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxcls import finetune
+from jaxcls.training import finetune
 from jaxcls.config import ConfigError, validate
-from jaxcls.metrics import eval_metrics_class
+from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model, list_models, model_from_config
 from jaxcls.models.heads import MLPHead, get_submodule, replace_head
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps
 
 import jitted
 from conftest import make_tiny
@@ -248,7 +248,7 @@ def _gradual_config(config):
 @pytest.fixture(scope='module')
 def gradual_run(tmp_path_factory):
   from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = _gradual_config(default_config())
   workdir = tmp_path_factory.mktemp('gradual')
   results = train_and_evaluate(config, str(workdir))
@@ -277,7 +277,7 @@ def test_gradual_groups_stay_frozen_exactly_until_their_epoch(gradual_run):
 
 @pytest.mark.slow
 def test_a_run_resumed_mid_schedule_matches_an_uninterrupted_one(gradual_run, tmp_path):
-  from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config, workdir, results = gradual_run
   steps_per_epoch = results['history'][0]['step']
   resumed = tmp_path / 'resumed'

@@ -1,4 +1,4 @@
-"""Grad-CAM (`jaxcls.gradcam`) and its report CLI (`jaxcls.explain`)."""
+"""Grad-CAM (`jaxcls.evaluation.gradcam`) and its report CLI (`jaxcls.evaluation.gradcam`)."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from jaxcls.gradcam import gradcam, last_stage_and_head
+from jaxcls.evaluation.gradcam import gradcam, last_stage_and_head
 from jaxcls.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_cli_writes_a_png_grid(tmp_path, tiny_run_dir):
     Image.fromarray(np.full((20 + i, 30, 3), 60 * i, np.uint8)).save(images / f'{i}.png')
   out = tmp_path / 'gradcam.png'
   result = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.explain', f'--workdir={workdir}', '--images',
+      [sys.executable, '-m', 'jaxcls.cli.explain', f'--workdir={workdir}', '--images',
        str(images / '0.png'), str(images), f'--out={out}'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcls.losses import (class_weights_from_counts, cross_entropy, focal_loss, make_loss_fn)
+from jaxcls.training.losses import (class_weights_from_counts, cross_entropy, focal_loss, make_loss_fn)
 
 
 def _logits_and_targets(n=16, classes=6, seed=0):

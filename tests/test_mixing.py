@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcls.mixing import Mixup, box_lambda, cutmix_box, dominant_label_accuracy, mix
+from jaxcls.data.mixing import Mixup, box_lambda, cutmix_box, dominant_label_accuracy, mix
 
 _NUM_CLASSES = 5
 _SMOOTHING = 0.1
@@ -176,7 +176,7 @@ def test_invalid_settings_are_rejected():
 _SHARDED_SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from jaxcls.mixing import Mixup
+    from jaxcls.data.mixing import Mixup
 
     assert jax.device_count() == 4, jax.devices()
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcls.plateau import (EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau,
+from jaxcls.training.plateau import (EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau,
                             is_improvement)
 
 

@@ -1,4 +1,4 @@
-"""`jaxcls.predict`: image files of any mode and size, classified exactly as evaluation would."""
+"""`jaxcls.evaluation.predict`: image files of any mode and size, classified exactly as evaluation would."""
 
 import csv
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from sklearn import datasets
 
-from jaxcls import predict
+from jaxcls.evaluation import predict
 from jaxcls.data import transforms
-from jaxcls.runs import load_run
+from jaxcls.evaluation.reopen import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_unreadable_file_is_reported_not_fatal(run, image_files):
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, '-m', 'jaxcls.predict', *map(str, args)], cwd=ROOT,
+  return subprocess.run([sys.executable, '-m', 'jaxcls.cli.predict', *map(str, args)], cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
 
 

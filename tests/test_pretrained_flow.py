@@ -40,7 +40,7 @@ def converted(reference):
   _, directory = reference
   out = directory / 'converted'
   result = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.convert', '--model=cifar_resnet20',
+      [sys.executable, '-m', 'jaxcls.cli.convert', '--model=cifar_resnet20',
        f'--src={directory / "resnet20.pth"}', f'--out={out}', '--input_size=16', '--crop_pct=1.0',
        '--mean=0.4,0.4,0.4', '--std=0.2,0.2,0.2'], cwd=ROOT, capture_output=True, text=True,
       timeout=300)
@@ -85,7 +85,7 @@ def test_weights_of_another_architecture_are_refused(converted):
 def test_convert_reports_a_bad_checkpoint(tmp_path):
   (tmp_path / 'broken.safetensors').write_bytes(b'not a checkpoint')
   result = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.convert', '--model=resnet18',
+      [sys.executable, '-m', 'jaxcls.cli.convert', '--model=resnet18',
        f'--src={tmp_path / "broken.safetensors"}', f'--out={tmp_path / "out"}'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0

@@ -70,7 +70,7 @@ def test_unknown_tags_name_the_close_ones():
 
 
 def test_listing_shows_every_tag_with_its_preprocessing_and_source():
-  from jaxcls.models.__main__ import pretrained_table  # pylint: disable=g-import-not-at-top
+  from jaxcls.cli.models import pretrained_table  # pylint: disable=g-import-not-at-top
   table = pretrained_table()
   for name in registry.list_pretrained():
     assert name in table
@@ -145,7 +145,7 @@ def test_offline_a_missing_download_is_a_clear_config_error(url_tag, config, mon
 
 
 def test_a_run_records_the_tag_source_and_sha256(url_tag, tiny_config, tmp_path):
-  from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   cfg, _, served = url_tag
   digest = sha256(served)
   tiny_config.model.name, tiny_config.model.width = 'cifar_resnet20', 0

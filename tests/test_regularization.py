@@ -20,13 +20,13 @@ from PIL import Image
 
 from jaxcls import data
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
-from jaxcls.losses import make_loss_fn
-from jaxcls.metrics import NONFINITE, eval_metrics_class, train_metrics_class
-from jaxcls.mixing import Mixup
+from jaxcls.training.losses import make_loss_fn
+from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_metrics_class
+from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model, model_from_config
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps, normalize
-from jaxcls.tasks import tasks_from_class_names
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps, normalize
+from jaxcls.data.label_tasks import tasks_from_class_names
 
 import jitted
 
@@ -155,7 +155,7 @@ def resumed_run(tmp_path_factory):
   """A run stopped after epoch 2 and rerun to at most 6 epochs in the same workdir."""
   from conftest import make_tiny  # pylint: disable=g-import-not-at-top
   from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('regularized')
   config = _run_config(make_tiny(default_config()))
   config.train.num_epochs = PLATEAU_EPOCHS
@@ -217,7 +217,7 @@ def test_train_accuracy_under_mixing_is_against_the_dominant_label(resumed_run):
 
 @pytest.mark.slow
 def test_first_batch_is_written_once_after_augmentation_and_mixing(resumed_run):
-  from jaxcls.train import image_grid  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.loop import image_grid  # pylint: disable=g-import-not-at-top
   workdir, config = resumed_run['workdir'], resolve_automatic_fields(resumed_run['config'])
   png = workdir / 'first_batch.png'
   assert png.stat().st_mtime_ns == resumed_run['first_batch_mtime']  # Not again on resume.

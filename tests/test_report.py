@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sk_metrics
 
-from jaxcls.report import classification, figures, write_report
-from jaxcls.report.writer import most_confident_mistakes
+from jaxcls.evaluation.report import classification, figures, write_report
+from jaxcls.evaluation.report.writer import most_confident_mistakes
 
 
 def _predictions(num_classes, num_examples=300, seed=0):

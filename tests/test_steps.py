@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from jaxcls.models import create_model
-from jaxcls.optim import decay_mask, learning_rate_schedule
+from jaxcls.training.optim import decay_mask, learning_rate_schedule
 
 import jitted
 
@@ -85,12 +85,12 @@ def test_adamw_optimizer_trains(config):
 
 _DATA_PARALLEL_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
-    from jaxcls import parallel
+    from jaxcls.training import parallel
     from jaxcls.config import default_config
-    from jaxcls.metrics import eval_metrics_class
+    from jaxcls.training.metrics import eval_metrics_class
     from jaxcls.models import create_model
-    from jaxcls.optim import create_optimizer, learning_rate_schedule
-    from jaxcls.steps import create_train_state, jit_steps
+    from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+    from jaxcls.training.steps import create_train_state, jit_steps
 
     assert jax.device_count() == 4, jax.devices()
     config = default_config()

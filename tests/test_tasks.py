@@ -10,9 +10,9 @@ from PIL import Image
 from sklearn import datasets
 
 from jaxcls.config import ConfigError
-from jaxcls.metrics import eval_metrics_class
+from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models.heads import MultiTaskHead
-from jaxcls.tasks import tasks_from_class_names
+from jaxcls.data.label_tasks import tasks_from_class_names
 
 _CLASSES = ('no_female_young', 'no_male_old', 'yes_female_old', 'yes_male_young', 'yes_male_old')
 
@@ -75,7 +75,7 @@ def test_a_combined_head_is_scored_per_task_from_its_class_scores():
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['heads'])
 def test_task_heads_train_and_report_each_task(tmp_path_factory, tiny_config, mode):
-  from jaxcls.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.getbasetemp() / 'parity_size'
   if not root.exists():
     _parity_size_folder(root)

@@ -4,7 +4,7 @@ import sys
 
 import clu
 
-from jaxcls import writers
+from jaxcls.training import progress as writers
 
 
 def test_tensorboard_events_are_written(tmp_path):

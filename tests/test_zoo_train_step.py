@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcls.metrics import eval_metrics_class
+from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model, list_models
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps
 
 
 def _narrow(name):

@@ -3,7 +3,7 @@
 Every model exposes `features(x) -> [batch, channels]` (the backbone, pooled) and
 a classifier head at `head_name`, and names its parameter groups from input to
 output (`group_patterns`), so strategies that freeze, unfreeze or replace parts
-work the same on every architecture (`jaxcls.finetune`).
+work the same on every architecture (`jaxcls.training.finetune`).
 """
 
 from jaxcls.models import resnet as _resnet  # registers the ResNets

@@ -17,8 +17,8 @@ tap's per-channel weight: elementwise work, one fused loop per tap.
 Elsewhere XLA's own convolution is faster: a stride-1 3x3 on an 8x8 or larger
 map (the patch tensor, kh*kw times the input, costs more memory traffic than
 the kernel saves) and the 3-channel stems. On GPU and TPU the vendor libraries
-win everywhere, so 'auto' is XLA's convolution there. `launch/bench_convs.py`
-times both lowerings per convolution against PyTorch; `python -m jaxcls.bench
+win everywhere, so 'auto' is XLA's convolution there. `benchmarks/bench_convs.py`
+times both lowerings per convolution against PyTorch; `python benchmarks/bench_train_step.py
 --conv_lowerings=auto,xla` times whole steps side by side.
 """
 
@@ -44,7 +44,7 @@ MIN_STRIDED_PATCH_CHANNELS = 16
 
 def _use_patches(kernel: Sequence[int], strides: Sequence[int], in_channels: int,
                  out_positions: int) -> bool:
-  """The CPU rule, from per-convolution timings (launch/bench_convs.py)."""
+  """The CPU rule, from per-convolution timings (benchmarks/bench_convs.py)."""
   return (out_positions <= MAX_PATCH_POSITIONS
           or tuple(kernel) == (1, 1)  # A pointwise convolution is a matmul (after a slice).
           or (max(strides) > 1 and in_channels >= MIN_STRIDED_PATCH_CHANNELS))

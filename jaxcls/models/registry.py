@@ -51,7 +51,7 @@ def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
     seed: seed of the parameter initialisation (of the head, when pretrained).
     pretrained: True (the tag in `name`, else the architecture's default tag),
       a tag, 'hf-hub:OWNER/REPO', a directory written by `python -m
-      jaxcls.convert`, or a PyTorch `.pth`/`.safetensors` file converted on the
+      jaxcls.cli.convert`, or a PyTorch `.pth`/`.safetensors` file converted on the
       fly (`jaxcls.pretrained.store.resolve`). Every variable comes from it
       except a head whose number of classes differs, which stays fresh. The
       constructor arguments the weights need (e.g. EfficientNet's padding and
@@ -136,7 +136,7 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
   Args:
     model_config: `config.model`.
     class_names: the data set's classes (their count sizes the head).
-    tasks: `jaxcls.tasks.Tasks` with `config.tasks.mode == 'heads'`: one head
+    tasks: `jaxcls.data.label_tasks.Tasks` with `config.tasks.mode == 'heads'`: one head
       per task (a `MultiTaskHead`); None: one head over the classes.
     seed: initialisation seed.
     pretrained: load `model_config.pretrained` (off to build a skeleton that

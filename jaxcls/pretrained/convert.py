@@ -62,7 +62,7 @@ def to_flax(value: np.ndarray, target_shape: tuple[int, ...], key: str) -> np.nd
 
 
 def _as_is(value: np.ndarray, target_shape: tuple[int, ...], key: str) -> np.ndarray:
-  """Tensors already in Flax's layout (checkpoints written by jaxcls.convert)."""
+  """Tensors already in Flax's layout (checkpoints written by jaxcls.cli.convert)."""
   if tuple(np.shape(value)) != tuple(target_shape):
     raise CheckpointMismatchError(f'{key}: checkpoint shape {tuple(np.shape(value))} does not fit '
                                   f'the model\'s {tuple(target_shape)}')

@@ -10,7 +10,7 @@ they were trained with: input size, crop fraction, resize interpolation,
 mean and std. A run with `config.model.pretrained=TAG` then needs no other flag.
 
 `register_pretrained` adds a tag (a user's own weights, a test's stand-in);
-`python -m jaxcls.models --pretrained` lists them.
+`python -m jaxcls.cli.models --pretrained` lists them.
 """
 
 import dataclasses
@@ -109,7 +109,7 @@ def get_pretrained(name: str) -> PretrainedCfg:
   same_arch = list_pretrained(arch)
   hint = (f'; {arch} has {", ".join(same_arch)}' if same_arch else
           f'; did you mean {", ".join(close)}?' if close else '')
-  raise KeyError(f'unknown pretrained tag {name!r}{hint} (python -m jaxcls.models --pretrained '
+  raise KeyError(f'unknown pretrained tag {name!r}{hint} (python -m jaxcls.cli.models --pretrained '
                  'lists them all)')
 
 
@@ -118,7 +118,7 @@ def default_tag(arch: str) -> str:
   tags = list_pretrained(arch)
   if not tags:
     raise KeyError(f'no pretrained weights are registered for {arch!r}; pass a file or a '
-                   'directory converted by `python -m jaxcls.convert`')
+                   'directory converted by `python -m jaxcls.cli.convert`')
   return tags[0]
 
 

@@ -4,7 +4,7 @@
 - a registered tag, `efficientnet_lite0.tf_in1k` (`jaxcls.pretrained.registry`);
 - `hf-hub:OWNER/REPO`, a timm repo on the Hugging Face Hub (its config.json
   names the architecture and the preprocessing);
-- a directory written by `python -m jaxcls.convert`: `state/` (an Orbax
+- a directory written by `python -m jaxcls.cli.convert`: `state/` (an Orbax
   checkpoint of the model's variables in Flax's layout, under their canonical
   PyTorch keys) and `pretrained.json`, this module's `PretrainedInfo`;
 - a raw `.pth`/`.safetensors` file. One whose sha256 is a registered tag's
@@ -103,7 +103,7 @@ def _resolve(spec: str, arch: str | None) -> Weights:
     info = read_metadata(path)
     if info is None:
       raise CheckpointMismatchError(f'{path} is a directory without {METADATA_FILE}: not a '
-                                    'checkpoint converted by `python -m jaxcls.convert`')
+                                    'checkpoint converted by `python -m jaxcls.cli.convert`')
     return Weights(path, info)
   if path.is_file():
     return Weights(path, _info_of_file(path, arch))
@@ -111,7 +111,7 @@ def _resolve(spec: str, arch: str | None) -> Weights:
                                                                            '.safetensors'):
     registry.get_pretrained(spec)  # Raises with the closest tags.
   raise FileNotFoundError(f'pretrained weights {spec!r}: no such tag, file or directory '
-                          '(python -m jaxcls.models --pretrained lists the tags)')
+                          '(python -m jaxcls.cli.models --pretrained lists the tags)')
 
 
 def _info_from_cfg(cfg: registry.PretrainedCfg, path: Path, digest: str = '') -> PretrainedInfo:

@@ -9,7 +9,7 @@ import flax
 import jax.numpy as jnp
 from clu import metrics
 
-from jaxcls.tasks import Tasks, task_metric_fields
+from jaxcls.data.label_tasks import Tasks, task_metric_fields
 
 
 def _top5_correct(logits, labels, **_):

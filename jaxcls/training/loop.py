@@ -1,7 +1,7 @@
 """The training loop: data, model, jitted steps, evaluation, checkpoints, results.
 
 The loop owns every side effect (logging, checkpoints, progress); the steps it
-calls are pure (`jaxcls.steps`). A rerun with the same workdir resumes from
+calls are pure (`jaxcls.training.steps`). A rerun with the same workdir resumes from
 the latest checkpoint: the train state holds the model, optimizer, step and
 RNG, and the data position is derived from the step, so the resumed run sees
 the same batches an uninterrupted one would. After each validation the loop
@@ -25,21 +25,22 @@ from clu import parameter_overview
 from flax import nnx
 from PIL import Image
 
-from jaxcls import data, finetune, losses, parallel
-from jaxcls.checkpointing import Checkpointer
+from jaxcls import data
+from jaxcls.training import finetune, losses, parallel
+from jaxcls.training.checkpointing import Checkpointer
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
 from jaxcls.data.on_device import DeviceTrainSet
-from jaxcls.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
-from jaxcls.mixing import Mixup
+from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
+from jaxcls.data.mixing import Mixup
 from jaxcls.models import model_from_config
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
-from jaxcls.preemption import Preempted, PreemptionGuard
-from jaxcls.profiling import StepTrace
-from jaxcls.steps import NO_STEP, create_train_state, jit_preview, jit_steps
-from jaxcls.tasks import tasks_from_class_names
-from jaxcls.workdir import check_config as check_workdir_config
-from jaxcls.writers import ProgressReporter, create_writer
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
+from jaxcls.training.preemption import Preempted, PreemptionGuard
+from jaxcls.training.profiling import StepTrace
+from jaxcls.training.steps import NO_STEP, create_train_state, jit_preview, jit_steps
+from jaxcls.data.label_tasks import tasks_from_class_names
+from jaxcls.training.workdir import check_config as check_workdir_config
+from jaxcls.training.progress import ProgressReporter, create_writer
 
 
 def evaluate(eval_fn, state, source, config: ml_collections.ConfigDict,
@@ -63,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
   """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json.
 
-  A workdir holding a run of another config is refused (`jaxcls.workdir`)
+  A workdir holding a run of another config is refused (`jaxcls.training.workdir`)
   unless `allow_config_change`. SIGTERM/SIGINT checkpoint the current step and
   raise `Preempted`; a non-finite loss or gradient raises `NonFiniteError`
   (or, with train.nonfinite='skip', leaves that step out).
@@ -341,13 +342,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
   if not config.evaluate.report_at_end:
     logging.info('config.evaluate.report_at_end=False: write the report with '
-                 '`python -m jaxcls.evaluate --workdir %s`', workdir)
+                 '`python -m jaxcls.cli.evaluate --workdir %s`', workdir)
   elif is_main and jax.process_count() == 1:
     # WORKDIR/report/: metrics tables and figures of the test split (logged, not raised, on error).
-    from jaxcls.evaluate import report_finished_run  # pylint: disable=g-import-not-at-top
+    from jaxcls.evaluation.evaluate import report_finished_run  # pylint: disable=g-import-not-at-top
     report_finished_run(workdir_path)
   elif is_main:  # Restoring checkpoints on one process of several would wait on the others.
-    logging.info('multi-host run: write the report with `python -m jaxcls.evaluate --workdir %s`',
+    logging.info('multi-host run: write the report with `python -m jaxcls.cli.evaluate --workdir %s`',
                  workdir)
   return results
 

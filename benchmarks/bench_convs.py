@@ -1,10 +1,10 @@
 """Where the time of a CPU train step goes: each convolution of a ResNet, JAX against PyTorch.
 
-    python launch/bench_convs.py                    # ResNet-18's convolutions at 32x32, batch 128
-    python launch/bench_convs.py --model=cifar_resnet20
-    python launch/bench_convs.py --image_size=224 --batch_size=32
+    python benchmarks/bench_convs.py                    # ResNet-18's convolutions at 32x32, batch 128
+    python benchmarks/bench_convs.py --model=cifar_resnet20
+    python benchmarks/bench_convs.py --image_size=224 --batch_size=32
 
-`python -m jaxcls.bench` and launch/bench_torch.py time whole steps; this
+`python benchmarks/bench_train_step.py` and benchmarks/bench_torch.py time whole steps; this
 times the convolutions alone, one shape at a time (forward, and forward plus
 both gradients), in `jax.lax.conv_general_dilated` (NHWC: model.conv_lowering
 'xla'), in jaxcls's 'auto' lowering (`jaxcls.models.conv`: a patch matmul

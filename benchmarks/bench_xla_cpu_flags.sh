@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # XLA CPU flags against the default, side by side: each flag set runs the same
-# `python -m jaxcls.bench` rows in its own process (XLA reads XLA_FLAGS once),
+# `python benchmarks/bench_train_step.py` rows in its own process (XLA reads XLA_FLAGS once),
 # round after round, so a machine that slows down slows every set alike.
 #
-#   bash launch/bench_xla_cpu_flags.sh                 # CIFAR ResNet-20 and ResNet-18, 32x32
-#   ROUNDS=3 MODELS=resnet18 bash launch/bench_xla_cpu_flags.sh
+#   bash benchmarks/bench_xla_cpu_flags.sh                 # CIFAR ResNet-20 and ResNet-18, 32x32
+#   ROUNDS=3 MODELS=resnet18 bash benchmarks/bench_xla_cpu_flags.sh
 #
 # Prints each set's train images/s per round and their medians. $PYTHON picks
 # the interpreter (default: python).
@@ -24,7 +24,7 @@ FLAG_SETS=(
 out=$(mktemp -d)
 for round in $(seq "$ROUNDS"); do
   for i in "${!FLAG_SETS[@]}"; do
-    XLA_FLAGS="${FLAG_SETS[$i]}" $PYTHON -m jaxcls.bench --models="$MODELS" --image_sizes=32 \
+    XLA_FLAGS="${FLAG_SETS[$i]}" $PYTHON "$here/bench_train_step.py" --models="$MODELS" --image_sizes=32 \
       --dtypes=float32 --batch_sizes=128 --steps=5 --repeats=3 --num_classes=10 \
       --json="$out/set${i}_round${round}.json" > "$out/set${i}_round${round}.log" 2>&1 \
       || echo "flags '${FLAG_SETS[$i]}' failed: $(grep -m1 -i error "$out/set${i}_round${round}.log")"

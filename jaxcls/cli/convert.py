@@ -1,6 +1,6 @@
 """Converts a PyTorch checkpoint for use by jaxcls, once, ahead of training.
 
-    python -m jaxcls.convert --model resnet50 --src resnet50-0676ba61.pth --out DIR
+    python -m jaxcls.cli.convert --model resnet50 --src resnet50-0676ba61.pth --out DIR
 
 writes DIR/state (an Orbax checkpoint) and DIR/pretrained.json (source file,
 sha256, architecture, number of classes, input size, crop fraction, mean/std),
@@ -48,7 +48,7 @@ def main(argv):
         else store.num_classes_of(store.read_state(weights)))
     model, info = create_model_with_info(weights.info.arch, num_classes, pretrained=_SRC.value)
   except errors as e:
-    sys.exit(f'jaxcls.convert: {e.args[0] if isinstance(e, KeyError) else e}')
+    sys.exit(f'jaxcls convert: {e.args[0] if isinstance(e, KeyError) else e}')
   # The weights' own preprocessing (a tag's, or the architecture's defaults) unless given.
   updates = dict(num_classes=num_classes)
   for name, flag in (('input_size', _INPUT_SIZE), ('crop_pct', _CROP_PCT), ('mean', _MEAN),

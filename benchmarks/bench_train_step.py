@@ -1,15 +1,15 @@
 """Throughput of the train step and of the input pipelines, as the trainer runs them.
 
-    python -m jaxcls.bench                                  # every model, 32 and 224, f32 and bf16
-    python -m jaxcls.bench --models=resnet50 --image_sizes=224 --dtypes=bfloat16 \\
+    python benchmarks/bench_train_step.py                                  # every model, 32 and 224, f32 and bf16
+    python benchmarks/bench_train_step.py --models=resnet50 --image_sizes=224 --dtypes=bfloat16 \\
         --batch_sizes=256 --pipelines=synthetic,memory,folder,device --json=bench.json
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m jaxcls.bench --devices=1,2,4 \\
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python benchmarks/bench_train_step.py --devices=1,2,4 \\
         --models=cifar_resnet20 --image_sizes=32 --dtypes=float32     # weak scaling
-    python -m jaxcls.bench --models=resnet18 --image_sizes=32 --conv_lowerings=auto,xla
-    python -m jaxcls.bench --smoke                          # seconds: CI checks that it runs
+    python benchmarks/bench_train_step.py --models=resnet18 --image_sizes=32 --conv_lowerings=auto,xla
+    python benchmarks/bench_train_step.py --smoke                          # seconds: CI checks that it runs
 
 For each model x image size x dtype x batch size x device count it builds
-the train and eval steps exactly as `jaxcls.train` does (`steps.jit_steps`:
+the train and eval steps exactly as `jaxcls.training.loop` does (`steps.jit_steps`:
 uint8 batches normalised on the device, the state donated, Mixup/CutMix and
 device augmentation inside the step when the config asks for them) and
 reports compile time, train-step and eval images/s on synthetic batches
@@ -36,7 +36,7 @@ of the step fed by it:
 `--batch_sizes` are per device: with `--devices=1,2,4` the global batch
 grows with the device count (weak scaling), and the last table gives the
 images/s per device and the efficiency relative to one device. The same
-rows are printed by launch/bench_torch.py for PyTorch, in the same columns.
+rows are printed by benchmarks/bench_torch.py for PyTorch, in the same columns.
 """
 
 import dataclasses
@@ -54,16 +54,17 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from jaxcls import data, parallel
+from jaxcls import data
+from jaxcls.training import parallel
 from jaxcls.config import default_config
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.data.sources import ImageFileSource
-from jaxcls.metrics import eval_metrics_class
-from jaxcls.mixing import Mixup
+from jaxcls.training.metrics import eval_metrics_class
+from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model
 from jaxcls.models.conv import LOWERINGS, set_conv_lowering
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps
 
 _MODELS = flags.DEFINE_list('models', ['cifar_resnet20', 'resnet18', 'resnet50', 'vgg16',
                                        'convnext_tiny'], 'Models of the registry.')

@@ -1,7 +1,7 @@
 """Step time of each fine-tuning strategy relative to full fine-tuning, same model and batch.
 
-    python launch/bench_finetune.py                      # ResNet-18 and -50, 64x64, batch 16 (CPU)
-    python launch/bench_finetune.py --image_size=224 --batch_size=128 --dtype=bfloat16   # GPU
+    python benchmarks/bench_finetune.py                      # ResNet-18 and -50, 64x64, batch 16 (CPU)
+    python benchmarks/bench_finetune.py --image_size=224 --batch_size=128 --dtype=bfloat16   # GPU
 
 Prints, per model and strategy: median train-step time (compilation and
 warm-up excluded), its spread, images/s, XLA's FLOP count of the step, and
@@ -18,12 +18,12 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from jaxcls import finetune, parallel
+from jaxcls.training import finetune, parallel
 from jaxcls.config import default_config
-from jaxcls.metrics import eval_metrics_class
+from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps
 
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'resnet50'], 'Models to compare.')
 _STRATEGIES = flags.DEFINE_list('strategies', ['full', 'partial', 'feature_extraction'],

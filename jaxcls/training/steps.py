@@ -17,11 +17,11 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from jaxcls import losses
+from jaxcls.training import losses
 from jaxcls.data import device_augment
-from jaxcls.losses import LossFn
-from jaxcls.metrics import TrainMetrics, train_metrics_class
-from jaxcls.mixing import MixParams, Mixup, mix_images, mix_targets
+from jaxcls.training.losses import LossFn
+from jaxcls.training.metrics import TrainMetrics, train_metrics_class
+from jaxcls.data.mixing import MixParams, Mixup, mix_images, mix_targets
 from jaxcls.models.heads import get_submodule
 
 

@@ -1,6 +1,6 @@
 """Images/s of the train augmentation paths: the host (Grain) and the device (jit).
 
-    python -m jaxcls.data.augment_bench [--sizes 32,224] [--seconds 3]
+    python benchmarks/bench_augment.py [--sizes 32,224] [--seconds 3]
 
 Host: `train_batches` over in-memory photos (resize or random resized crop,
 crop padding, flip) with the default `data.num_threads`. Device:

@@ -1,4 +1,4 @@
-"""Classifies image files with a trained run: `python -m jaxcls.predict --workdir DIR PATH...`.
+"""Classifies image files with a trained run: `python -m jaxcls.cli.predict --workdir DIR PATH...`.
 
 PATHs are image files or folders (searched recursively for .jpg/.jpeg/.png/
 .bmp/.webp). Each image is decoded to RGB as training decodes folder images
@@ -9,7 +9,7 @@ best checkpoint. The top-k classes are printed as a table and written to a CSV
 cannot be read are named in a warning and skipped; the exit status is non-zero
 only when none could be read.
 
-    python -m jaxcls.predict --workdir /tmp/run --top_k 3 photos/ extra.jpg
+    python -m jaxcls.cli.predict --workdir /tmp/run --top_k 3 photos/ extra.jpg
 """
 
 import concurrent.futures
@@ -80,7 +80,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_files(run, paths, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
-  """Classifies the image files `paths` with `run` (a `jaxcls.runs.Run`).
+  """Classifies the image files `paths` with `run` (a `jaxcls.evaluation.reopen.Run`).
 
   Returns one Prediction per path, in order; a file that cannot be read gets
   one with `error` set (and a logged warning) instead of failing the rest.
@@ -142,57 +142,3 @@ def format_table(predictions) -> str:
   lines = [f'{path:<{file_width}}  ' + '  '.join(f'{c:<{cell_width}}' for c in cells)
            for path, cells in [header, *rows]]
   return '\n'.join(line.rstrip() for line in lines)
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-  """The CLI's flags; defined only when run as a program, so that importing this
-  module next to another CLI (jaxcls.explain) defines no flag twice."""
-  flags.DEFINE_string('workdir', None, 'The run to predict with (its config.json and '
-                      'checkpoints).', required=True)
-  flags.DEFINE_string('step', 'best', "Checkpoint: 'best', 'latest' or a step number.")
-  flags.DEFINE_integer('top_k', 5, 'Classes to report per image.', lower_bound=1)
-  flags.DEFINE_string('out', None, 'CSV to write (default: WORKDIR/predictions.csv).')
-  flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.', lower_bound=1)
-
-
-def quiet_libraries():
-  """Keeps the console to the results: INFO logs (Orbax's restore chatter) only on --verbosity."""
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-
-
-def parse_step(step: str) -> int | str:
-  return step if step in ('best', 'latest') else int(step)
-
-
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError('give image files or folders to classify')
-  quiet_libraries()
-  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
-  files = list_image_files(argv[1:])
-  if not files:
-    sys.exit(f'jaxcls.predict: no {"/".join(IMAGE_EXTENSIONS)} images in {argv[1:]}')
-  run = load_run(FLAGS.workdir, parse_step(FLAGS.step))
-  predictions = predict_files(run, files, FLAGS.top_k, FLAGS.batch_size)
-  readable = [p for p in predictions if p.error is None]
-  unreadable = [p for p in predictions if p.error is not None]
-  out = FLAGS.out or os.path.join(FLAGS.workdir, 'predictions.csv')
-  if readable:
-    print(format_table(readable))
-    write_csv(readable, out)
-    print(f'{len(readable)} images (checkpoint step {run.step}, epoch {run.epoch}) -> {out}')
-  if unreadable:
-    print(f'skipped {len(unreadable)} unreadable file(s):', file=sys.stderr)
-    for p in unreadable:
-      print(f'  {p.path}: {p.error}', file=sys.stderr)
-  if not readable:
-    sys.exit('jaxcls.predict: none of the files could be read')
-
-
-if __name__ == '__main__':
-  define_flags()
-  app.run(main)

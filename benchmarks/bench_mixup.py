@@ -1,7 +1,7 @@
 """What Mixup/CutMix cost in the train step: step time with and without, same model and batch.
 
-    python launch/bench_mixup.py                       # the default config's model, batch 128
-    python launch/bench_mixup.py --model=resnet18 --width=64 --image_size=224 --batch_size=256
+    python benchmarks/bench_mixup.py                       # the default config's model, batch 128
+    python benchmarks/bench_mixup.py --model=resnet18 --width=64 --image_size=224 --batch_size=256
 
 The variants run interleaved, round after round (so a machine that slows
 down slows all alike); prints the median step time of each, its overhead
@@ -17,11 +17,11 @@ import numpy as np
 from absl import app, flags
 
 from jaxcls.config import default_config
-from jaxcls.metrics import eval_metrics_class
-from jaxcls.mixing import Mixup
+from jaxcls.training.metrics import eval_metrics_class
+from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model
-from jaxcls.optim import create_optimizer, learning_rate_schedule
-from jaxcls.steps import create_train_state, jit_steps
+from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.training.steps import create_train_state, jit_steps
 
 _MODEL = flags.DEFINE_string('model', None, 'Model (default: the default config\'s).')
 _WIDTH = flags.DEFINE_integer('width', None, 'config.model.width (default: the default config\'s).')

@@ -16,12 +16,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcls import finetune
-from jaxcls.checkpointing import Checkpointer
+from jaxcls.training import finetune
+from jaxcls.training.checkpointing import Checkpointer
 from jaxcls.models import model_from_config
-from jaxcls.optim import create_optimizer
-from jaxcls.steps import create_train_state, normalize
-from jaxcls.tasks import tasks_from_class_names
+from jaxcls.training.optim import create_optimizer
+from jaxcls.training.steps import create_train_state, normalize
+from jaxcls.data.label_tasks import tasks_from_class_names
 
 
 @dataclasses.dataclass

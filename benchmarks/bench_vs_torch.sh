@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # jaxcls against PyTorch on this machine, same models, input size, dtype and batch, in one run:
-# `python -m jaxcls.bench` and launch/bench_torch.py take turns, round after round, so both see
+# `python benchmarks/bench_train_step.py` and benchmarks/bench_torch.py take turns, round after round, so both see
 # the same machine; then one table of the medians and the ratio jax / torch.
 #
-#   bash launch/bench_vs_torch.sh                                    # CPU: CIFAR ResNet-20, ResNet-18 at 32
-#   MODELS=resnet50 SIZES=224 DTYPES=bfloat16 BATCH=256 TORCH_COMPILE=on,off bash launch/bench_vs_torch.sh   # GPU
+#   bash benchmarks/bench_vs_torch.sh                                    # CPU: CIFAR ResNet-20, ResNet-18 at 32
+#   MODELS=resnet50 SIZES=224 DTYPES=bfloat16 BATCH=256 TORCH_COMPILE=on,off bash benchmarks/bench_vs_torch.sh   # GPU
 #
 # Environment: MODELS, SIZES, DTYPES, BATCH, ROUNDS (default 2), TORCH_COMPILE (default off on
 # CPU), CONV_LOWERINGS (jaxcls's model.conv_lowering values, default auto,xla), NUM_CLASSES
@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 common=(--models="$MODELS" --image_sizes="$SIZES" --dtypes="$DTYPES" --batch_sizes="$BATCH"
         --num_classes="$NUM_CLASSES" --steps=5 --repeats=3)
 for round in $(seq "$ROUNDS"); do
-  $PYTHON -m jaxcls.bench "${common[@]}" --devices=1 --conv_lowerings="$CONV_LOWERINGS" --json="$OUT/jax_$round.json" | tail -n +2
+  $PYTHON "$here/bench_train_step.py" "${common[@]}" --devices=1 --conv_lowerings="$CONV_LOWERINGS" --json="$OUT/jax_$round.json" | tail -n +2
   $PYTHON "$here/bench_torch.py" "${common[@]}" --compile="$TORCH_COMPILE" \
     --json="$OUT/torch_$round.json" | tail -n +2
 done

@@ -9,15 +9,31 @@ d logit_target / d A_c, and the map is ReLU(sum_c w_c A_c), normalised to
 The split is written here per model family (ResNet, VGG, ConvNeXt) so that the
 models stay free of explanation hooks; any other module can take part by
 defining a `last_stage_and_head(x)` method of its own.
+
+`explain_files` and `plot_gradcam` apply it to a finished run's images and
+draw each next to its map (`python -m jaxcls.cli.explain`, the report's
+gradcam.png).
 """
 
+import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use('Agg')  # Files only: no display on training machines.
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import logging
 from flax import nnx
 
+from jaxcls.evaluation import predict
 from jaxcls.models import convnext, resnet, vgg
+from jaxcls.training.steps import normalize
 
 StageAndHead = tuple[jax.Array, Callable[[jax.Array], jax.Array]]
 
@@ -115,7 +131,7 @@ def gradcam(model: nnx.Module, images_normalised, class_index=None):
       It is used in eval mode (BatchNorm's running statistics, no dropout)
       whatever mode it is in; the model itself is not changed.
     images_normalised: [B, H, W, 3] float images, normalised as the model's
-      input (`jaxcls.steps.normalize`).
+      input (`jaxcls.training.steps.normalize`).
     class_index: the class to explain, an int or one per image; None (default)
       explains each image's predicted class.
   """
@@ -128,3 +144,69 @@ def gradcam(model: nnx.Module, images_normalised, class_index=None):
                              images.shape[:1])
   cams, logits = _gradcam(model, images, targets)
   return cams, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+_MAX_PAIRS_PER_ROW = 4  # (image, overlay) pairs side by side before wrapping.
+
+
+def explain_files(run, paths, class_index: int | None = None):
+  """-> (paths read, uint8 images [N, S, S, 3], cams [N, S, S], probabilities [N, classes]).
+
+  Unreadable files are skipped with a warning.
+  """
+  data = run.config.data
+  kept, images = [], []
+  for path in paths:
+    try:
+      images.append(predict.load_and_preprocess(path, data.image_size, data.resize_size,
+                                                data.get('interpolation') or 'bilinear'))
+      kept.append(path)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Skipping unreadable image %s (%s: %s)', path, type(e).__name__, e)
+  if not images:
+    return kept, None, None, None
+  images = np.stack(images)
+  cams, probabilities = explain_images(run, images, class_index)
+  return kept, images, cams, probabilities
+
+
+def explain_images(run, images: np.ndarray, class_index: int | None = None):
+  """uint8 images [N, S, S, 3] at the run's input size -> (cams [N, S, S], probabilities)."""
+  data = run.config.data
+  normalised = normalize(jnp.asarray(images), tuple(data.mean), tuple(data.std),
+                         jnp.dtype(run.config.model.dtype))
+  cams, _ = gradcam(run.model, normalised, class_index)
+  return np.asarray(cams), predict.softmax(run.logits(images))
+
+
+def plot_gradcam(paths, images, cams, probabilities, class_names, out, class_index=None,
+                 alpha: float = 0.5, colormap: str = 'jet') -> Path:
+  """Writes the grid of (image, overlay) pairs to `out` (a PNG) and returns its path."""
+  count = len(images)
+  pairs_per_row = min(count, _MAX_PAIRS_PER_ROW)
+  rows = math.ceil(count / pairs_per_row)
+  fig, axes = plt.subplots(rows, 2 * pairs_per_row, squeeze=False,
+                           figsize=(2 * pairs_per_row * 2.6, rows * 2.9))
+  # Small inputs (digits at 16 px) are shown as their pixels, not smoothed away.
+  interpolation = 'nearest' if images.shape[1] < 64 else 'bilinear'
+  for ax in axes.flat:
+    ax.axis('off')
+  for i in range(count):
+    image_ax, overlay_ax = axes[i // pairs_per_row, 2 * (i % pairs_per_row):][:2]
+    predicted = int(np.argmax(probabilities[i]))
+    name = os.path.basename(paths[i])
+    image_ax.imshow(images[i], interpolation=interpolation)
+    image_ax.set_title(name if len(name) <= 24 else name[:11] + '…' + name[-12:], fontsize=9)
+    overlay_ax.imshow(images[i], interpolation=interpolation)
+    overlay_ax.imshow(cams[i], cmap=colormap, alpha=alpha, vmin=0.0, vmax=1.0,
+                      interpolation='bilinear')
+    title = f'{class_names[predicted]} ({probabilities[i, predicted]:.0%})'
+    if class_index is not None and class_index != predicted:
+      title += f'\ncam: {class_names[class_index]}'
+    overlay_ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out

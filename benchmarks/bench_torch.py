@@ -1,13 +1,13 @@
-r"""PyTorch twin of `python -m jaxcls.bench`: the same models, step and table, in torch.
+r"""PyTorch twin of `python benchmarks/bench_train_step.py`: the same models, step and table, in torch.
 
     # GPU (torch + torchvision): torch.compile against eager, bf16 autocast.
-    python launch/bench_torch.py --models=resnet50 --image_sizes=224 --dtypes=bfloat16 \
+    python benchmarks/bench_torch.py --models=resnet50 --image_sizes=224 --dtypes=bfloat16 \
         --batch_sizes=256 --compile=on,off
     # CPU (torch only; the models come from tests/torch_*.py):
-    python launch/bench_torch.py --models=cifar_resnet20,resnet18 --image_sizes=32 \
+    python benchmarks/bench_torch.py --models=cifar_resnet20,resnet18 --image_sizes=32 \
         --dtypes=float32 --compile=off
     # Also check that each torch model costs the forward FLOPs of its jaxcls twin:
-    python launch/bench_torch.py --smoke --check_jax_flops
+    python benchmarks/bench_torch.py --smoke --check_jax_flops
 
 So that the two frameworks time the same work, the train step is the one
 `jaxcls` jits: uint8 images already on the device, normalised there

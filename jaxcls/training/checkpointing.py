@@ -10,7 +10,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxcls.steps import TrainState
+from jaxcls.training.steps import TrainState
 
 
 class CheckpointSaveError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Evaluation reports of trained runs: `python -m jaxcls.evaluate --workdir DIR`.
+"""Evaluation reports of trained runs: `python -m jaxcls.cli.evaluate --workdir DIR`.
 
 Reopens a run's best checkpoint (`--step`), classifies a split (`--split`,
 default test) and writes DIR/report/: classification_report.{md,json},
@@ -15,8 +15,8 @@ flags) asks:
     and the split): softmax probabilities averaged over the members.
 The figures show the ensemble where there is one, with TTA where it is on.
 
-    python -m jaxcls.evaluate --workdir /tmp/run --tta_flip --tta_crops 5
-    python -m jaxcls.evaluate --workdir /tmp/a --workdir /tmp/b --output_dir /tmp/ab
+    python -m jaxcls.cli.evaluate --workdir /tmp/run --tta_flip --tta_crops 5
+    python -m jaxcls.cli.evaluate --workdir /tmp/a --workdir /tmp/b --output_dir /tmp/ab
 """
 
 import dataclasses
@@ -32,8 +32,8 @@ from scipy import special
 from jaxcls import data
 from jaxcls.config import ConfigError, default_config
 from jaxcls.data import transforms
-from jaxcls.report import write_report
-from jaxcls.tasks import tasks_from_class_names
+from jaxcls.evaluation.report import write_report
+from jaxcls.data.label_tasks import tasks_from_class_names
 
 SPLITS = ('train', 'val', 'test')
 
@@ -119,7 +119,7 @@ def training_history(workdir: Path, config) -> tuple[list[dict], int | None]:
   if results_file.is_file():
     results = json.loads(results_file.read_text())
     return results.get('history', []), results.get('best_epoch')
-  from jaxcls.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
   checkpointer = Checkpointer(str(workdir / 'checkpoints'), config.checkpoint)
   try:
     latest = checkpointer.latest_step()
@@ -199,10 +199,10 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
              top_k_checkpoints: int | None = None) -> dict:
   """Predictions of every member (checkpoint), with and without TTA, and of their ensemble.
 
-  Returns the keyword arguments of `jaxcls.report.write_report` (less the
+  Returns the keyword arguments of `jaxcls.evaluation.report.write_report` (less the
   output folders) plus 'step', the (first) checkpoint's step.
   """
-  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation.reopen import load_run  # pylint: disable=g-import-not-at-top
   if split not in SPLITS:
     raise ValueError(f'split {split!r}: expected one of {SPLITS}')
   workdirs = [Path(w) for w in workdirs]
@@ -331,8 +331,8 @@ def report_finished_run(workdir: str | Path) -> None:
 
 def write_gradcam_section(workdir: str | Path, num_images: int = 8) -> Path:
   """report/gradcam.png: where the best checkpoint looks, on the first test images."""
-  from jaxcls import explain  # pylint: disable=g-import-not-at-top
-  from jaxcls.runs import load_run  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation import gradcam as explain  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation.reopen import load_run  # pylint: disable=g-import-not-at-top
   run = load_run(workdir)
   dataset = data.load_dataset(run.config.data, str(workdir))
   batch = next(data.eval_batches(dataset.test, run.config.data, global_batch_size=num_images))
@@ -341,47 +341,3 @@ def write_gradcam_section(workdir: str | Path, num_images: int = 8) -> Path:
   names = [f'test #{i}: true {run.class_names[label]}' for i, label in enumerate(labels)]
   return explain.plot_gradcam(names, images, cams, probabilities, run.class_names,
                               Path(workdir) / 'report' / 'gradcam.png')
-
-
-def _define_flags() -> None:
-  # Defined only when run as a script: train.py imports this module into
-  # `jaxcls.main`, which has its own --workdir.
-  flags.DEFINE_multi_string(
-      'workdir', None, 'A run to evaluate; several: an ensemble (same classes and split).')
-  flags.DEFINE_enum('split', 'test', SPLITS, 'The split to evaluate.')
-  flags.DEFINE_string('step', 'best', "Checkpoint: 'best', 'latest' or a step number.")
-  flags.DEFINE_string(
-      'output_dir', None, 'Where to write the report (default: WORKDIR/report, or '
-      'FIRST_WORKDIR/report/ensemble for several workdirs).')
-  flags.DEFINE_bool('tta_flip', None, "Overrides the run's config.evaluate.tta_flip.")
-  flags.DEFINE_integer('tta_crops', None, "Overrides the run's config.evaluate.tta_crops (1 or 5).")
-  flags.DEFINE_integer('top_k_checkpoints', None,
-                       "Overrides the run's config.evaluate.top_k_checkpoints.")
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  args = flags.FLAGS
-  if not args.workdir:
-    raise app.UsageError('--workdir is required')
-  step = args.step
-  if step not in ('best', 'latest'):
-    if not step.isdigit():
-      raise app.UsageError(f"--step={step}: expected 'best', 'latest' or a step number")
-    step = int(step)
-  try:
-    report = evaluate_and_report(
-        args.workdir, output_dir=args.output_dir, split=args.split, step=step,
-        tta_flip=args.tta_flip, tta_crops=args.tta_crops,
-        top_k_checkpoints=args.top_k_checkpoints)
-  except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError.
-    sys.exit(f'jaxcls.evaluate: {e}')
-  for name, result in report['results'].items():
-    print(f"{name}: accuracy {result['accuracy']:.4f}")
-  print(f"report -> {report['output_dir']}")
-
-
-if __name__ == '__main__':
-  _define_flags()
-  app.run(main)

@@ -1,7 +1,7 @@
 """The evaluation report of a run: tables (scikit-learn metrics), figures, TensorBoard images.
 
 Nothing here needs JAX or a model: the report is written from class names,
-labels and predicted probabilities, which `jaxcls.evaluate` computes.
+labels and predicted probabilities, which `jaxcls.evaluation.evaluate` computes.
 
   classification.py  per-class and overall metrics, Markdown and CSV
   figures.py         confusion matrix, training curves, misclassified examples
@@ -9,6 +9,6 @@ labels and predicted probabilities, which `jaxcls.evaluate` computes.
   writer.py          `write_report`: all of the above into one folder
 """
 
-from jaxcls.report.writer import write_report
+from jaxcls.evaluation.report.writer import write_report
 
 __all__ = ['write_report']

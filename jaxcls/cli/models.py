@@ -1,9 +1,9 @@
 """Lists the architectures and the pretrained tags, and fetches a tag's weights ahead of time.
 
-    python -m jaxcls.models                       # architectures, with their tags
-    python -m jaxcls.models --pretrained          # every tag: input, crop, interpolation, source
-    python -m jaxcls.models --pretrained lite     # ... whose name contains 'lite'
-    python -m jaxcls.models --fetch resnet50.tv_in1k   # download into the cache now
+    python -m jaxcls.cli.models                       # architectures, with their tags
+    python -m jaxcls.cli.models --pretrained          # every tag: input, crop, interpolation, source
+    python -m jaxcls.cli.models --pretrained lite     # ... whose name contains 'lite'
+    python -m jaxcls.cli.models --fetch resnet50.tv_in1k   # download into the cache now
 """
 
 import argparse
@@ -33,7 +33,7 @@ def pretrained_table(contains: str = '') -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jaxcls.models',
+  parser = argparse.ArgumentParser(prog='python -m jaxcls.cli.models',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--pretrained', nargs='?', const='', default=None, metavar='FILTER',
                       help='list the pretrained tags (whose name contains FILTER)')
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     try:
       weights = store.resolve(args.fetch)
     except (KeyError, FileNotFoundError, store.PretrainedSourceError) as e:
-      print(f'jaxcls.models: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
+      print(f'jaxcls models: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
       return 1
     print(f'{args.fetch}: {weights.path} (sha256 {weights.info.sha256})')
     return 0

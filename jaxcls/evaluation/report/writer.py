@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from jaxcls.report import classification, figures, tensorboard
-from jaxcls.tasks import Tasks
+from jaxcls.evaluation.report import classification, figures, tensorboard
+from jaxcls.data.label_tasks import Tasks
 
 NUM_MISCLASSIFIED = 16
 

@@ -1,0 +1,1 @@
+"""After training: reopening runs, evaluation and ensembles, prediction, Grad-CAM, reports."""
