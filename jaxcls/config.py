@@ -12,14 +12,12 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
+from jaxcls.errors import ConfigError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 
 BEST_METRICS = ('accuracy', 'loss', 'top5_accuracy')
 INTERPOLATIONS = ('bilinear', 'bicubic')
-
-
-class ConfigError(ValueError):
-  """A config with unknown keys, wrong types or impossible values."""
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -61,9 +61,9 @@ def tiny_config(config):
 @pytest.fixture(scope='session')
 def tiny_run_dir(tmp_path_factory):
   """One finished tiny run (3 epochs), shared by the tests of the tools that read workdirs."""
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_report  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('tiny_run')
   config = make_tiny(default_config())
   config.evaluate.report_at_end = True  # tests/test_evaluate.py reads it.
-  train_and_evaluate(config, str(workdir))
+  train_and_report(config, str(workdir))
   return workdir

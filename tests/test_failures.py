@@ -4,6 +4,7 @@ import pytest
 import jax
 import orbax.checkpoint as ocp
 
+from jaxcls.experiment import train_and_evaluate
 from jaxcls.training import loop as train
 from jaxcls.training.checkpointing import CheckpointSaveError
 from jaxcls.config import ConfigError
@@ -22,13 +23,13 @@ def _diverging(config, nonfinite):
 def test_a_non_finite_loss_stops_with_the_step_and_no_checkpoint(tiny_config, tmp_path):
   with pytest.raises(train.NonFiniteError, match=r'non-finite loss or gradient norm at step \d+; '
                      'no checkpoint holds it. The last run has no checkpoint yet'):
-    train.train_and_evaluate(_diverging(tiny_config, 'stop'), str(tmp_path))
+    train_and_evaluate(_diverging(tiny_config, 'stop'), str(tmp_path))
   assert not any(p.name.isdigit() for p in (tmp_path / 'checkpoints').iterdir())
 
 
 @pytest.mark.slow
 def test_skipped_non_finite_steps_leave_the_parameters_finite(tiny_config, tmp_path):
-  results = train.train_and_evaluate(_diverging(tiny_config, 'skip'), str(tmp_path))
+  results = train_and_evaluate(_diverging(tiny_config, 'skip'), str(tmp_path))
   state = ocp.StandardCheckpointer().restore(
       tmp_path / 'checkpoints' / str(results['best_step']) / 'state')
   assert all(bool(jax.numpy.isfinite(p).all()) for p in jax.tree.leaves(state['params']))
@@ -42,7 +43,7 @@ def test_a_workdir_of_another_config_is_refused_before_anything_changes(tiny_run
   saved = (tiny_run_dir / 'config.json').read_text()
   with pytest.raises(ConfigError, match=r'holds a run with another config \(1 field\(s\) differ\):'
                      r'\n  optimizer.learning_rate: 0.1 -> 0.05\nTo resume that run'):
-    train.train_and_evaluate(config, str(tiny_run_dir))
+    train_and_evaluate(config, str(tiny_run_dir))
   assert (tiny_run_dir / 'config.json').read_text() == saved
 
 
@@ -78,7 +79,7 @@ def test_a_train_split_smaller_than_one_batch_is_a_config_error(config, tmp_path
   config.train.batch_size = 4096
   with pytest.raises(ConfigError, match=r'config.train.batch_size=4096: the train split has only '
                      r'1437 examples per epoch, fewer than one batch'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_a_failed_checkpoint_save_stops_training_and_keeps_older_checkpoints(
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
   with pytest.raises(CheckpointSaveError, match=rf'of step {2 * 11} .*No space left on device.*'
                      'the older checkpoints there are untouched'):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    train_and_evaluate(tiny_config, str(tmp_path))
   assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
                 if p.name.isdigit()) == [11]
 
@@ -113,4 +114,4 @@ def test_out_of_memory_at_the_first_step_suggests_a_smaller_batch(config, tmp_pa
   with pytest.raises(ConfigError, match=r'config.train.batch_size=64: out of device memory at the '
                      r'first step; try --config.train.batch_size=32 or --config.model.dtype='
                      'bfloat16'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))

@@ -248,7 +248,7 @@ def _gradual_config(config):
 @pytest.fixture(scope='module')
 def gradual_run(tmp_path_factory):
   from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = _gradual_config(default_config())
   workdir = tmp_path_factory.mktemp('gradual')
   results = train_and_evaluate(config, str(workdir))
@@ -277,7 +277,7 @@ def test_gradual_groups_stay_frozen_exactly_until_their_epoch(gradual_run):
 
 @pytest.mark.slow
 def test_a_run_resumed_mid_schedule_matches_an_uninterrupted_one(gradual_run, tmp_path):
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config, workdir, results = gradual_run
   steps_per_epoch = results['history'][0]['step']
   resumed = tmp_path / 'resumed'

@@ -31,7 +31,7 @@ from PIL import Image
 from sklearn import datasets
 
 from jaxcls.config import apply_overrides
-from jaxcls.training.loop import train_and_evaluate
+from jaxcls.experiment import train_and_evaluate
 
 import torch_resnet
 

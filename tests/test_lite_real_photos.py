@@ -7,7 +7,7 @@ are Imagenette's validation images of 10 ImageNet classes (../shared/data),
 whose folder names are their WordNet ids, so the unchanged 1000-way head can be
 scored. Two checks per variant:
 - on the same inputs, top-1 identical and logits within 1e-4 (relative);
-- end to end: `jaxcls.pretrained.check` (jaxcls's decode, resize, crop and
+- end to end: `jaxcls.evaluation.pretrained_check` (jaxcls's decode, resize, crop and
   normalisation from the tag alone) reaches the accuracy the reference reaches
   with TF's Lite preprocessing written out independently here with PIL
   (shorter side to size / crop fraction, bicubic, center crop, (x - 127) / 128).
@@ -70,7 +70,7 @@ def _tf_lite_preprocess(path: Path, size: int, crop: float) -> np.ndarray:
 def test_lite_tag_equals_the_independent_implementation_on_real_photos(variant):
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from jaxcls.pretrained.check import imagenet_accuracy  # pylint: disable=g-import-not-at-top
+  from jaxcls.evaluation.pretrained_check import imagenet_accuracy  # pylint: disable=g-import-not-at-top
   reference = _reference(variant)
   tag = f'efficientnet_lite{variant}.tf_in1k'
   cfg = registry.get_pretrained(tag)

@@ -98,7 +98,7 @@ def test_on_device_with_random_resized_crop_is_a_config_error(config):
 
 
 def test_a_run_on_device_trains_and_resumes_to_the_same_result(tiny_config, tmp_path):
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   tiny_config.data.on_device = True
   tiny_config.train.num_epochs, tiny_config.data.epoch_examples = 2, 768  # 6 steps an epoch.
   # Warm-up then a constant rate: a run stopped after epoch 1 and taken on to 2 is the 2-epoch run.

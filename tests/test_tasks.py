@@ -75,7 +75,7 @@ def test_a_combined_head_is_scored_per_task_from_its_class_scores():
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['heads'])
 def test_task_heads_train_and_report_each_task(tmp_path_factory, tiny_config, mode):
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_report  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.getbasetemp() / 'parity_size'
   if not root.exists():
     _parity_size_folder(root)
@@ -88,7 +88,7 @@ def test_task_heads_train_and_report_each_task(tmp_path_factory, tiny_config, mo
   config.optimizer.warmup_epochs = 1.0
   config.evaluate.report_at_end = True
   workdir = tmp_path_factory.mktemp(mode)
-  results = train_and_evaluate(config, str(workdir))
+  results = train_and_report(config, str(workdir))
   assert results['tasks'] == dict(mode=mode, names=['parity', 'size'],
                                   values=[['even', 'odd'], ['large', 'small']])
   for task in ("parity", "size"):  # Two-way tasks: well above chance after five epochs.

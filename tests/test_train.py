@@ -144,7 +144,7 @@ def test_default_config_reaches_95_percent_on_digits(tmp_path):
 
 
 def test_profile_steps_leave_a_tensorboard_trace(tiny_config, tmp_path):
-  from jaxcls.training.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   tiny_config.train.num_epochs, tiny_config.data.epoch_examples = 1, 640
   tiny_config.train.profile_steps = 2
   train_and_evaluate(tiny_config, str(tmp_path))

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from jaxcls.pretrained import registry
-from jaxcls.pretrained.check import format_result, imagenet_accuracy
+from jaxcls.evaluation.pretrained_check import format_result, imagenet_accuracy
 
 _NAMED_MEANS = {'imagenet': (registry.IMAGENET_MEAN, registry.IMAGENET_STD),
                 'lite': (registry.LITE_MEAN, registry.LITE_STD), 'half': ((0.5,) * 3, (0.5,) * 3)}

@@ -12,15 +12,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file: a Python file whose get_config() returns a ConfigDict.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False, 'Continue the run in --workdir even though its saved config '
-    'differs from this one (by default such a rerun is refused).')
-flags.mark_flags_as_required(['config', 'workdir'])
-
 
 class _QuietLibraries(logging.logging.Filter):
   """Drops Orbax's per-save INFO chatter so the progress lines stay readable."""
@@ -29,30 +20,48 @@ class _QuietLibraries(logging.logging.Filter):
     return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
 
 
+def _define_flags():
+  """Defined by `run` alone, so that importing this module defines no flag."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file: a Python file whose get_config() returns a ConfigDict.',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
+  flags.DEFINE_bool(
+      'allow_config_change', False, 'Continue the run in --workdir even though its saved config '
+      'differs from this one (by default such a rerun is refused).')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that `--help` and flag errors come back without loading JAX.
-  from jaxcls.training import parallel, loop as train  # pylint: disable=g-import-not-at-top
-  from jaxcls.training.checkpointing import CheckpointSaveError  # pylint: disable=g-import-not-at-top
-  from jaxcls.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from jaxcls.training.preemption import Preempted  # pylint: disable=g-import-not-at-top
-  parallel.initialize_distributed()
+  # pylint: disable=g-import-not-at-top
+  from jaxcls.errors import ConfigError
+  from jaxcls.experiment import train_and_report
+  from jaxcls.training.checkpointing import CheckpointSaveError
+  from jaxcls.training.loop import NonFiniteError
+  from jaxcls.training.parallel import initialize_distributed
+  from jaxcls.training.preemption import Preempted
+  # pylint: enable=g-import-not-at-top
+  initialize_distributed()
+  args = flags.FLAGS
   try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (ConfigError, train.NonFiniteError, CheckpointSaveError) as e:
+    results = train_and_report(args.config, args.workdir,
+                               allow_config_change=args.allow_config_change)
+  except (ConfigError, NonFiniteError, CheckpointSaveError) as e:
     sys.exit(f'jaxcls: {e}')
   except Preempted as e:
     # 128 + the signal number, as a shell reports a process the signal ended.
     print(f'jaxcls: {e}', file=sys.stderr)
     sys.exit(128 + int(getattr(signal, e.signal_name)))
-  logging.info('test metrics: %s; results in %s/results.json', results['test'], _WORKDIR.value)
-  print(f"test accuracy {results['test']['accuracy']:.4f} -> {_WORKDIR.value}/results.json")
+  logging.info('test metrics: %s; results in %s/results.json', results['test'], args.workdir)
+  print(f"test accuracy {results['test']['accuracy']:.4f} -> {args.workdir}/results.json")
 
 
 def run():
+  _define_flags()
   app.run(main)
 
 

@@ -46,7 +46,7 @@ def tasks_from_class_names(class_names: Sequence[str], names: Sequence[str],
   for class_name in class_names:
     split = class_name.split(separator)
     if len(split) != len(names):
-      from jaxcls.config import ConfigError  # pylint: disable=g-import-not-at-top
+      from jaxcls.errors import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError(
           f'config.tasks.names={tuple(names)}: class {class_name!r} does not split into '
           f'{len(names)} values at {separator!r} (config.tasks.separator)')

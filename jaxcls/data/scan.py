@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from jaxcls.data.decode import decode_image
+
 CACHE_FILE = 'data_scan.json'
 
 
@@ -30,7 +32,6 @@ class FileCheck:
 
 
 def _check(path: str) -> FileCheck:
-  from jaxcls.data.sources import decode_image  # pylint: disable=g-import-not-at-top
   stat = os.stat(path)
   with open(path, 'rb') as f:
     sha1 = hashlib.sha1(f.read()).hexdigest()

@@ -30,7 +30,8 @@ from absl import app, flags, logging
 from scipy import special
 
 from jaxcls import data
-from jaxcls.config import ConfigError, default_config
+from jaxcls.config import default_config
+from jaxcls.errors import ConfigError
 from jaxcls.data import transforms
 from jaxcls.evaluation.report import write_report
 from jaxcls.data.label_tasks import tasks_from_class_names

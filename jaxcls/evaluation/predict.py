@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from jaxcls.data import transforms
-from jaxcls.data.sources import decode_image
+from jaxcls.data.decode import decode_image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 # PIL modes of more than 8 bits per sample, which PIL's convert('RGB') clips

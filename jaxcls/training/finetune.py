@@ -112,7 +112,7 @@ class FinetunePlan:
 
 
 def _config_error(field: str, value, why: str) -> ValueError:
-  from jaxcls.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxcls.errors import ConfigError  # pylint: disable=g-import-not-at-top
   return ConfigError(f'config.finetune.{field}={value!r}: {why}')
 
 

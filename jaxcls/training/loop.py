@@ -28,7 +28,7 @@ from PIL import Image
 from jaxcls import data
 from jaxcls.training import finetune, losses, parallel
 from jaxcls.training.checkpointing import Checkpointer
-from jaxcls.config import ConfigError, resolve_automatic_fields, validate
+from jaxcls.errors import ConfigError
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
 from jaxcls.data.mixing import Mixup
@@ -60,8 +60,8 @@ def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
   return {f'{prefix}_{k}': float(v) for k, v in metrics.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False) -> dict:
+def fit(config: ml_collections.ConfigDict, workdir: str, *,
+        allow_config_change: bool = False) -> dict:
   """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json.
 
   A workdir holding a run of another config is refused (`jaxcls.training.workdir`)
@@ -70,8 +70,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   (or, with train.nonfinite='skip', leaves that step out).
   """
   started = time.monotonic()
-  validate(config, device_count=jax.device_count())
-  config = resolve_automatic_fields(config, log=True)
   workdir_path = Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -340,16 +338,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       config=config.to_dict())
   if is_main:
     (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
-  if not config.evaluate.report_at_end:
-    logging.info('config.evaluate.report_at_end=False: write the report with '
-                 '`python -m jaxcls.cli.evaluate --workdir %s`', workdir)
-  elif is_main and jax.process_count() == 1:
-    # WORKDIR/report/: metrics tables and figures of the test split (logged, not raised, on error).
-    from jaxcls.evaluation.evaluate import report_finished_run  # pylint: disable=g-import-not-at-top
-    report_finished_run(workdir_path)
-  elif is_main:  # Restoring checkpoints on one process of several would wait on the others.
-    logging.info('multi-host run: write the report with `python -m jaxcls.cli.evaluate --workdir %s`',
-                 workdir)
   return results
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxcls.config import ConfigError
+from jaxcls.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 # May differ between the runs of one workdir: they do not change the trained model

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcls.data.sources import IMAGE_EXTENSIONS, decode_image
+from jaxcls.data.decode import IMAGE_EXTENSIONS, decode_image
 from jaxcls.data.transforms import resize
 from jaxcls.pretrained import imagenet, registry
 

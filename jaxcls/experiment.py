@@ -1,0 +1,46 @@
+"""One experiment: check and complete a config (`jaxcls.config`), train it in a workdir
+(`jaxcls.training`), then write its report (`jaxcls.evaluation`), as `python -m jaxcls.main` does.
+
+The report comes last and apart from training: it reopens the finished run
+from its workdir, exactly as `python -m jaxcls.cli.evaluate` would later, so a
+report never depends on state the loop happened to hold.
+"""
+
+from pathlib import Path
+
+import jax
+import ml_collections
+from absl import logging
+
+from jaxcls.config import resolve_automatic_fields, validate
+from jaxcls.evaluation.evaluate import report_finished_run
+from jaxcls.training.loop import fit
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict:
+  """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json.
+
+  The config is checked first (every problem at once, `jaxcls.config.validate`)
+  and its automatic fields filled in from the pretrained weights, so nothing
+  compiles for a config that cannot run. The rest is `jaxcls.training.loop.fit`.
+  """
+  validate(config, device_count=jax.device_count())
+  config = resolve_automatic_fields(config, log=True)
+  return fit(config, workdir, allow_config_change=allow_config_change)
+
+
+def train_and_report(config: ml_collections.ConfigDict, workdir: str, *,
+                     allow_config_change: bool = False) -> dict:
+  """`train_and_evaluate`, then WORKDIR/report/ when `config.evaluate.report_at_end`."""
+  results = train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
+  command = f'`python -m jaxcls.cli.evaluate --workdir {workdir}`'
+  if not config.evaluate.report_at_end:
+    logging.info('config.evaluate.report_at_end=False: write the report with %s', command)
+  elif jax.process_count() > 1:  # Restoring on one process of several would wait on the others.
+    if jax.process_index() == 0:
+      logging.info('multi-host run: write the report with %s', command)
+  else:
+    # Metrics tables and figures of the test split (logged, not raised, on error).
+    report_finished_run(Path(workdir))
+  return results
