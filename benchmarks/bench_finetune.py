@@ -23,7 +23,7 @@ from jaxcls.config import default_config
 from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-from jaxcls.training.steps import create_train_state, jit_steps
+from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
 _MODELS = flags.DEFINE_list('models', ['resnet18', 'resnet50'], 'Models to compare.')
 _STRATEGIES = flags.DEFINE_list('strategies', ['full', 'partial', 'feature_extraction'],
@@ -42,16 +42,18 @@ def _strategy_step(name: str, strategy: str, batch):
   model = create_model(name, 1000, dtype=_DTYPE.value)
   plan = finetune.plan_from_config(config.finetune, finetune.group_names(model), 1)
   labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
-  optimizer = lambda t: create_optimizer(config.optimizer, labels, t)  # noqa: E731
+  lr = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
+  optimizer = lambda t: create_optimizer(config.optimizer, lr, labels, t)  # noqa: E731
   train_graph, eval_graph, state = create_train_state(model, optimizer(plan.trainable_at(0)), 0)
-  state, phase = finetune.enter_phase(state, plan.trainable_at(0), plan=plan, labels=labels,
+  state, phase = finetune.enter_phase(state, plan.trainable_at(0), plan=plan,
+                                      group_patterns=model.group_patterns,
                                       train_graph=train_graph, optimizer=optimizer)
   mesh = parallel.data_mesh()
   state = jax.device_put(state, parallel.replicated(mesh))
-  lr = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
-  train_fn, _ = jit_steps(phase.graphdef, eval_graph, phase.tx, lr, eval_metrics_class(1000),
-                          mean=(0.5,) * 3, std=(0.25,) * 3, dtype=_DTYPE.value,
-                          label_smoothing=0.0, trainable=phase.mask)
+  train_fn, _ = jit_steps(StepSpec(
+      train_graph=phase.graphdef, eval_graph=eval_graph, tx=phase.tx,
+      metrics_cls=eval_metrics_class(1000), mean=(0.5,) * 3, std=(0.25,) * 3,
+      dtype=_DTYPE.value, trainable=phase.trainable))
   batch = jax.device_put(batch, parallel.batch_sharded(mesh))
   compiled = train_fn.lower(state, batch).compile()
   cost = compiled.cost_analysis()

@@ -21,7 +21,7 @@ from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-from jaxcls.training.steps import create_train_state, jit_steps
+from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
 _MODEL = flags.DEFINE_string('model', None, 'Model (default: the default config\'s).')
 _WIDTH = flags.DEFINE_integer('width', None, 'config.model.width (default: the default config\'s).')
@@ -51,11 +51,12 @@ def main(argv):
   runs = {}
   for variant, mixup in VARIANTS.items():
     lr = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
-    tx = create_optimizer(config.optimizer)
+    tx = create_optimizer(config.optimizer, lr)
     graph, eval_graph, state = create_train_state(
         create_model(name, 10, **({'width': width} if width else {})), tx, 0)
-    train_fn, _ = jit_steps(graph, eval_graph, tx, lr, eval_metrics_class(10), mean=(0.5,) * 3,
-                            std=(0.25,) * 3, dtype='float32', mixup=mixup)
+    train_fn, _ = jit_steps(StepSpec(train_graph=graph, eval_graph=eval_graph, tx=tx,
+                                     metrics_cls=eval_metrics_class(10), mean=(0.5,) * 3,
+                                     std=(0.25,) * 3, mixup=mixup))
     cost = train_fn.lower(state, batch).compile().cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost)['flops']
     state, _ = train_fn(state, batch)  # Compile and warm up.

@@ -40,7 +40,6 @@ rows are printed by benchmarks/bench_torch.py for PyTorch, in the same columns.
 """
 
 import dataclasses
-import functools
 import json
 import statistics
 import tempfile
@@ -49,7 +48,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -64,7 +62,7 @@ from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model
 from jaxcls.models.conv import LOWERINGS, set_conv_lowering
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-from jaxcls.training.steps import create_train_state, jit_steps
+from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
 _MODELS = flags.DEFINE_list('models', ['cifar_resnet20', 'resnet18', 'resnet50', 'vgg16',
                                        'convnext_tiny'], 'Models of the registry.')
@@ -164,7 +162,8 @@ def build(case: Case, config, num_classes: int):
   mesh = parallel.data_mesh(jax.devices()[:case.devices])
   kwargs = dict(dtype=case.dtype, **({'width': _WIDTH.value} if _WIDTH.value else {}))
   model = create_model(case.model, num_classes, conv_lowering=case.conv_lowering, **kwargs)
-  tx = create_optimizer(config.optimizer)
+  learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
+  tx = create_optimizer(config.optimizer, learning_rate_fn)
   train_graph, eval_graph, state = create_train_state(model, tx, config.seed)
   if case.conv_lowering != 'xla':
     set_conv_lowering(model, 'xla')
@@ -172,15 +171,14 @@ def build(case: Case, config, num_classes: int):
     flops_graph = nnx.graphdef(model)
   del model
   state = jax.device_put(state, parallel.replicated(mesh))
-  learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
   mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())
-  steps = functools.partial(
-      jit_steps, tx=tx, learning_rate_fn=learning_rate_fn,
+  steps = lambda graph: jit_steps(StepSpec(  # noqa: E731
+      train_graph=graph, eval_graph=eval_graph, tx=tx,
       metrics_cls=eval_metrics_class(num_classes), mean=config.data.mean or (0.5,) * 3,
-      std=config.data.std or (0.25,) * 3, dtype=case.dtype, augment_config=config.data.augment,
-      mixup=mixup)
-  train_fn, eval_fn = steps(train_graph, eval_graph)
-  flops_fn = train_fn if case.conv_lowering == 'xla' else steps(flops_graph, eval_graph)[0]
+      std=config.data.std or (0.25,) * 3, dtype=case.dtype, augment=config.data.augment,
+      mixup=mixup))
+  train_fn, eval_fn = steps(train_graph)
+  flops_fn = train_fn if case.conv_lowering == 'xla' else steps(flops_graph)[0]
   rng = np.random.default_rng(0)
   size = case.image_size
   batch = dict(image=rng.integers(0, 256, (case.global_batch, size, size, 3), dtype=np.uint8),

@@ -12,7 +12,7 @@ from jaxcls.training.steps import TrainState
 def _state(step):
   return TrainState(step=jnp.asarray(step, jnp.int32), params={'w': jnp.full((3, 2), step, jnp.float32)},
                     model_state={'mean': jnp.arange(2.0) + step}, opt_state=(jnp.zeros(3),),
-                    rng=jax.random.PRNGKey(step), lr_scale=jnp.asarray(0.1 ** step, jnp.float32))
+                    rng=jax.random.PRNGKey(step))
 
 
 def _checkpointer(directory, keep=2, mode='max', metric='accuracy'):

@@ -17,7 +17,7 @@ from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model, list_models, model_from_config
 from jaxcls.models.heads import MLPHead, get_submodule, replace_head
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-from jaxcls.training.steps import create_train_state, jit_steps
+from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
 import jitted
 from conftest import make_tiny
@@ -28,14 +28,16 @@ def _phase_steps(model, config, epoch=0):
   plan = finetune.plan_from_config(config.finetune, finetune.group_names(model),
                                    config.train.num_epochs)
   labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
-  optimizer = lambda t: create_optimizer(config.optimizer, labels, t, plan.lr_multipliers)  # noqa: E731
-  train_graph, eval_graph, state = create_train_state(model, optimizer(plan.trainable_at(epoch)), 0)
-  state, phase = finetune.enter_phase(state, plan.trainable_at(epoch), plan=plan, labels=labels,
-                                      train_graph=train_graph, optimizer=optimizer)
   lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-  train_fn, eval_fn = jit_steps(phase.graphdef, eval_graph, phase.tx, lr, eval_metrics_class(10),
-                                mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
-                                label_smoothing=0.0, trainable=phase.mask)
+  optimizer = lambda t: create_optimizer(config.optimizer, lr, labels, t, plan.lr_multipliers)  # noqa: E731
+  train_graph, eval_graph, state = create_train_state(model, optimizer(plan.trainable_at(epoch)), 0)
+  state, phase = finetune.enter_phase(state, plan.trainable_at(epoch), plan=plan,
+                                      group_patterns=model.group_patterns,
+                                      train_graph=train_graph, optimizer=optimizer)
+  train_fn, eval_fn = jit_steps(StepSpec(
+      train_graph=phase.graphdef, eval_graph=eval_graph, tx=phase.tx,
+      metrics_cls=eval_metrics_class(10), mean=(0.5,) * 3, std=(0.25,) * 3,
+      trainable=phase.trainable))
   return state, plan, labels, train_fn, eval_fn
 
 
@@ -158,11 +160,12 @@ def test_learning_rate_multipliers_scale_each_group_update(config):
                                  'stem': 0.00625}
   params = nnx.state(model, nnx.Param)
   labels = finetune.param_labels(model, params)
-  tx = create_optimizer(config.optimizer, labels, plan.trainable_at(0), plan.lr_multipliers)
+  tx = create_optimizer(config.optimizer, optax.constant_schedule(1.0), labels,
+                        plan.trainable_at(0), plan.lr_multipliers)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   for group, leaves in _by_group(model, updates).items():
-    for leaf in leaves:  # SGD at unit learning rate: the update is -multiplier * gradient.
+    for leaf in leaves:  # SGD at learning rate 1: the update is -multiplier * gradient.
       np.testing.assert_allclose(leaf, -plan.lr_multipliers[group], rtol=1e-6)
 
 
@@ -174,15 +177,20 @@ def test_an_unfreeze_keeps_the_moments_of_trained_groups_and_starts_new_ones_fre
   state, plan, labels, train_fn, _ = _phase_steps(model, config)
   for seed in range(2):
     state, _ = train_fn(state, jitted.random_batch(seed=seed))
-  old_head = state.opt_state.inner_states['head']
-  optimizer = lambda t: create_optimizer(config.optimizer, labels, t, plan.lr_multipliers)  # noqa: E731
-  first = finetune.Phase(plan.trainable_at(0), optimizer(plan.trainable_at(0)), None, ())
-  state, phase = finetune.enter_phase(state, plan.trainable_at(1), plan=plan, labels=labels,
+  old_head = state.opt_state[0].inner_states['head']
+  old_count = int(state.opt_state[1].count)
+  lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
+  optimizer = lambda t: create_optimizer(config.optimizer, lr, labels, t, plan.lr_multipliers)  # noqa: E731
+  first = finetune.Phase(finetune.Trainable(model.group_patterns, plan.trainable_at(0)),
+                         optimizer(plan.trainable_at(0)), None)
+  state, phase = finetune.enter_phase(state, plan.trainable_at(1), plan=plan,
+                                      group_patterns=model.group_patterns,
                                       train_graph=nnx.graphdef(model), optimizer=optimizer,
                                       previous=first)
-  assert phase.trainable == ('stage3', 'head')
-  jax.tree.map(np.testing.assert_array_equal, state.opt_state.inner_states['head'], old_head)
-  adam = state.opt_state.inner_states['stage3'].inner_state[0]
+  assert phase.trainable.groups == ('stage3', 'head')
+  jax.tree.map(np.testing.assert_array_equal, state.opt_state[0].inner_states['head'], old_head)
+  assert int(state.opt_state[1].count) == old_count == 2  # The schedule goes on.
+  adam = state.opt_state[0].inner_states['stage3'].inner_state[0]
   assert int(adam.count) == 0
   assert all(not np.any(m) for m in jax.tree.leaves(adam.mu) + jax.tree.leaves(adam.nu))
 

@@ -25,7 +25,7 @@ from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_metrics
 from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model, model_from_config
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-from jaxcls.training.steps import create_train_state, jit_steps, normalize
+from jaxcls.training.steps import StepSpec, create_train_state, jit_steps, normalize
 from jaxcls.data.label_tasks import tasks_from_class_names
 
 import jitted
@@ -33,10 +33,11 @@ import jitted
 
 def _steps(config, model, num_classes=10, **kwargs):
   lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-  tx = create_optimizer(config.optimizer)
+  tx = create_optimizer(config.optimizer, lr)
   train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
-  train_fn, eval_fn = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(num_classes),
-                                mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32', **kwargs)
+  train_fn, eval_fn = jit_steps(StepSpec(
+      train_graph=train_graph, eval_graph=eval_graph, tx=tx,
+      metrics_cls=eval_metrics_class(num_classes), mean=(0.5,) * 3, std=(0.25,) * 3, **kwargs))
   return train_graph, state, train_fn, eval_fn
 
 
@@ -217,7 +218,7 @@ def test_train_accuracy_under_mixing_is_against_the_dominant_label(resumed_run):
 
 @pytest.mark.slow
 def test_first_batch_is_written_once_after_augmentation_and_mixing(resumed_run):
-  from jaxcls.training.loop import image_grid  # pylint: disable=g-import-not-at-top
+  from jaxcls.training.preview import image_grid  # pylint: disable=g-import-not-at-top
   workdir, config = resumed_run['workdir'], resolve_automatic_fields(resumed_run['config'])
   png = workdir / 'first_batch.png'
   assert png.stat().st_mtime_ns == resumed_run['first_batch_mtime']  # Not again on resume.

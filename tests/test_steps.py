@@ -90,26 +90,28 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent('''
     from jaxcls.training.metrics import eval_metrics_class
     from jaxcls.models import create_model
     from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-    from jaxcls.training.steps import create_train_state, jit_steps
+    from jaxcls.training.losses import make_loss_fn
+    from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
     assert jax.device_count() == 4, jax.devices()
     config = default_config()
+    config.optimizer.warmup_epochs = 0.0  # A non-zero update from the first step.
+    lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
     rng = np.random.default_rng(0)
     batch = dict(image=rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
                  label=rng.integers(0, 10, (16,), dtype=np.int32))
 
     def one_step(devices):
       model = create_model('cifar_resnet20', 10, width=4)
-      lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=3)
-      tx = create_optimizer(config.optimizer)
+      tx = create_optimizer(config.optimizer, lr)
       train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
-      train_fn, _ = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),
-                              mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32',
-                              label_smoothing=0.1)
+      train_fn, _ = jit_steps(StepSpec(
+          train_graph=train_graph, eval_graph=eval_graph, tx=tx,
+          metrics_cls=eval_metrics_class(10), mean=(0.5,) * 3, std=(0.25,) * 3,
+          loss_fn=make_loss_fn('cross_entropy', label_smoothing=0.1)))
       mesh = parallel.data_mesh(devices)
       state = jax.device_put(state, parallel.replicated(mesh))
       for _ in range(2):
-        state = state.replace(step=state.step * 0 + 10)  # Past warm-up: a non-zero update.
         state, metrics = train_fn(state, parallel.to_device(batch, parallel.batch_sharded(mesh)))
       return jax.device_get(state), metrics.compute()
 
@@ -121,7 +123,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent('''
     moved = max(float(np.abs(a - b).max()) for a, b in zip(
         jax.tree.leaves(one_state.params),
         jax.tree.leaves(create_train_state(create_model('cifar_resnet20', 10, width=4),
-                                           create_optimizer(config.optimizer), 0)[2].params)))
+                                           create_optimizer(config.optimizer, lr), 0)[2].params)))
     assert moved > 1e-3, moved
     print('OK', one_metrics['loss'], four_metrics['loss'])
 ''')

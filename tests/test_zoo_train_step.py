@@ -7,7 +7,7 @@ import pytest
 from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model, list_models
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
-from jaxcls.training.steps import create_train_state, jit_steps
+from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
 
 def _narrow(name):
@@ -28,11 +28,12 @@ def test_one_train_step_changes_the_parameters(name, config):
   config.optimizer.warmup_epochs = 0
   model = create_model(name, 10, **_narrow(name))
   lr = learning_rate_schedule(config.optimizer, steps_per_epoch=10, num_epochs=1)
-  tx = create_optimizer(config.optimizer)
+  tx = create_optimizer(config.optimizer, lr)
   train_graph, eval_graph, state = create_train_state(model, tx, seed=0)
   before = jax.device_get(state.params)
-  train_fn, _ = jit_steps(train_graph, eval_graph, tx, lr, eval_metrics_class(10),
-                          mean=(0.5,) * 3, std=(0.25,) * 3, dtype='float32', label_smoothing=0.0)
+  train_fn, _ = jit_steps(StepSpec(train_graph=train_graph, eval_graph=eval_graph, tx=tx,
+                                   metrics_cls=eval_metrics_class(10), mean=(0.5,) * 3,
+                                   std=(0.25,) * 3))
   rng = np.random.default_rng(0)
   batch = dict(image=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
                label=rng.integers(0, 10, (4,), dtype=np.int32))

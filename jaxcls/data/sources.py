@@ -11,7 +11,7 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from absl import logging
 

@@ -21,12 +21,11 @@ The figures show the ensemble where there is one, with TTA where it is on.
 
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from scipy import special
 
 from jaxcls import data

@@ -16,11 +16,10 @@ import concurrent.futures
 import csv
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from jaxcls.data import transforms
 from jaxcls.data.decode import decode_image

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxcls.data.decode import IMAGE_EXTENSIONS, decode_image
 from jaxcls.data.transforms import resize
-from jaxcls.pretrained import imagenet, registry
+from jaxcls.pretrained import imagenet
 
 
 

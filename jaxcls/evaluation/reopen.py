@@ -2,7 +2,10 @@
 
 Evaluation, prediction and explanation tools start from a workdir, not from a
 config: `load_run` reads the resolved config the run wrote (`config.json`),
-rebuilds the model and restores a checkpoint into it (the best by default).
+builds the run's parts as training did (`training.setup.build_run`, abstract:
+nothing allocated, no pretrained weights read) and restores a checkpoint's
+parameters and model state into them (the best by default); the optimizer
+state stays on disk.
 """
 
 import dataclasses
@@ -16,12 +19,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxcls.training import finetune
 from jaxcls.training.checkpointing import Checkpointer
-from jaxcls.models import model_from_config
-from jaxcls.training.optim import create_optimizer
-from jaxcls.training.steps import create_train_state, normalize
-from jaxcls.data.label_tasks import tasks_from_class_names
+from jaxcls.training.setup import build_run
+from jaxcls.training.steps import normalize
 
 
 @dataclasses.dataclass
@@ -61,17 +61,18 @@ def load_run(workdir: str | Path, step: int | str = 'best') -> Run:
     if step is None:
       raise FileNotFoundError(f'{workdir} has no checkpoint yet')
     meta = checkpointer.restore_meta(step)
-    tasks = tasks_from_class_names(meta['class_names'], config.tasks.names,
-                                   config.tasks.separator)
-    model = model_from_config(config.model, meta['class_names'],
-                              tasks if config.tasks.mode == 'heads' else None, pretrained=False)
-    # The optimizer of the saved fine-tuning phase gives the saved state's shape.
-    labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
-    tx = create_optimizer(config.optimizer, labels, meta['trainable_groups'])
-    _, eval_graph, like = create_train_state(model, tx, config.seed)
-    state, _ = checkpointer.restore(int(step), like)
+    parts = build_run(config, meta['class_names'], abstract=True)
+    params, model_state = checkpointer.restore_model(int(step), _on_host(parts.params),
+                                                     _on_host(parts.model_state))
   finally:
     checkpointer.close()
-  model = nnx.merge(eval_graph, jax.device_get(state.params), jax.device_get(state.model_state))
-  return Run(workdir=workdir, config=config, class_names=tuple(meta['class_names']),
-             step=int(step), epoch=int(meta['epoch']), model=model)
+  model = nnx.merge(parts.eval_graph, params, model_state)
+  return Run(workdir=workdir, config=config, class_names=parts.class_names, step=int(step),
+             epoch=int(meta['epoch']), model=model)
+
+
+def _on_host(abstract_tree):
+  """Abstract arrays placed on the first local device: where a reopened run computes."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      abstract_tree)

@@ -63,6 +63,15 @@ class Checkpointer:
         state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
+  def restore_model(self, step: int, params, model_state):
+    """(params, model state) of `step` alone, restored like the given (abstract) trees: the
+    optimizer state on disk is not read, so no optimizer is needed to reopen a run."""
+    like = {'params': params, 'model_state': model_state}
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        like, restore_args=ocp.checkpoint_utils.construct_restore_args(like),
+        partial_restore=True)))
+    return restored.state['params'], restored.state['model_state']
+
   def restore_meta(self, step: int) -> dict:
     """The JSON saved beside the state at `step`, without reading any arrays."""
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -10,15 +10,20 @@ strategy (`config.finetune`) turns the groups into a `FinetunePlan`:
   partial             the last `trainable_groups` groups before the head, and the head.
   gradual             an unfreeze schedule by epoch, listed or every N epochs.
 
-Frozen groups cost no backward pass: the train step differentiates only the
-trainable parameters, so nothing upstream of the first trainable layer is on
-the gradient path and XLA never computes it. Their BatchNorm layers normalise
-with the running statistics and do not update them, and their dropout is off,
-so a frozen group computes exactly the pretrained function
-(`freeze_modules`). The optimizer gives frozen groups `optax.set_to_zero()`
-(no update, no weight decay, no state), and `carry_optimizer_state` moves the
-moments of groups that keep training across an unfreeze event, while newly
-unfrozen groups start with fresh ones.
+What trains is stated once, as the model's group patterns and a phase's
+trainable group names. From them come `Trainable`, the nnx filter by which
+the train step splits the params into the part it differentiates and the
+part it holds constant, and `param_labels`, the optax labels by which the
+optimizer gives frozen groups `optax.set_to_zero()`: both match the same
+regexes against the same paths.
+
+Frozen groups cost no backward pass: nothing upstream of the first trainable
+layer is on the gradient path, so XLA never computes it. Their BatchNorm
+layers normalise with the running statistics and do not update them, and
+their dropout is off, so a frozen group computes exactly the pretrained
+function (`freeze_modules`). Across an unfreeze event the groups that keep
+training keep their moments and newly unfrozen ones start fresh
+(`optim.carry_over`).
 """
 
 import dataclasses
@@ -30,6 +35,9 @@ import jax
 import ml_collections
 import optax
 from flax import nnx
+
+from jaxcls.errors import ConfigError
+from jaxcls.training import optim
 
 STRATEGIES = ('full', 'feature_extraction', 'partial', 'gradual')
 HEAD = 'head'
@@ -54,22 +62,42 @@ def group_names(model: nnx.Module) -> tuple[str, ...]:
   return names
 
 
-def group_of(model: nnx.Module, path: str) -> str | None:
+GroupPatterns = tuple[tuple[str, str], ...]  # (group, regex over module paths), input first.
+
+
+def _patterns(model_or_patterns) -> GroupPatterns:
+  patterns = getattr(model_or_patterns, 'group_patterns', model_or_patterns)
+  return tuple((name, pattern) for name, pattern in patterns)
+
+
+def group_of(model_or_patterns, path: str) -> str | None:
   """The group of the module or variable at `path` ('layer4/1/bn2/scale'), None if none."""
-  for name, pattern in model.group_patterns:
+  for name, pattern in _patterns(model_or_patterns):
     if re.match(pattern, path):
       return name
   return None
 
 
-def param_labels(model: nnx.Module, params: nnx.State) -> nnx.State:
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+  """An nnx filter, `(path, value) -> bool`: is the parameter at `path` in a trainable group?"""
+  group_patterns: GroupPatterns
+  groups: tuple[str, ...]
+
+  def __call__(self, path, value) -> bool:
+    del value
+    return group_of(self.group_patterns, path_string(path)) in self.groups
+
+
+def param_labels(model_or_patterns, params: nnx.State) -> nnx.State:
   """A tree like `params` holding each parameter's group name (optax's labels)."""
+  patterns = _patterns(model_or_patterns)
 
   def label(path, _):
-    name = group_of(model, path_string(path))
+    name = group_of(patterns, path_string(path))
     if name is None:
-      raise ValueError(f'{type(model).__name__}: parameter {path_string(path)!r} matches none '
-                       f'of its group_patterns {model.group_patterns}')
+      raise ValueError(f'parameter {path_string(path)!r} matches none of the group_patterns '
+                       f'{patterns}')
     return name
 
   return jax.tree_util.tree_map_with_path(label, params)
@@ -112,7 +140,6 @@ class FinetunePlan:
 
 
 def _config_error(field: str, value, why: str) -> ValueError:
-  from jaxcls.errors import ConfigError  # pylint: disable=g-import-not-at-top
   return ConfigError(f'config.finetune.{field}={value!r}: {why}')
 
 
@@ -208,53 +235,36 @@ def _gradual_phases(finetune, groups, num_epochs):
   return tuple(phases)
 
 
-def trainable_mask(labels: nnx.State, trainable: Sequence[str]) -> tuple[bool, ...]:
-  """One bool per leaf of the params tree (in `jax.tree.leaves` order): does it train?"""
-  return tuple(label in trainable for label in jax.tree.leaves(labels))
-
-
-def carry_optimizer_state(new_state, old_state, keep: Sequence[str]):
-  """The state of `optax.multi_transform` after an unfreeze: `new_state` (fresh from
-  `tx.init`) with the inner state of the groups in `keep` (trained before and
-  after) taken from `old_state`; newly unfrozen groups keep their fresh moments."""
-  inner = dict(new_state.inner_states)
-  for name in keep:
-    inner[name] = old_state.inner_states[name]
-  return new_state._replace(inner_states=inner)
-
-
 @dataclasses.dataclass(frozen=True)
 class Phase:
   """What the train step of one fine-tuning phase is built from (all static under jit)."""
-  trainable: tuple[str, ...]
+  trainable: Trainable
   tx: optax.GradientTransformation
   graphdef: nnx.GraphDef  # The training graph, frozen groups in inference mode.
-  mask: tuple[bool, ...]  # `trainable_mask`: which params leaves are differentiated.
 
 
-def enter_phase(state, trainable: Sequence[str], *, plan: FinetunePlan, labels: nnx.State,
-                train_graph: nnx.GraphDef, optimizer: Callable[[Sequence[str]], Any],
-                previous: Phase | None = None):
-  """-> (state, Phase) for training `trainable` groups from here on.
+def enter_phase(state, trainable: Sequence[str], *, plan: FinetunePlan,
+                group_patterns: GroupPatterns, train_graph: nnx.GraphDef,
+                optimizer: Callable[[Sequence[str]], Any], previous: Phase | None = None):
+  """-> (state, Phase) for training the `trainable` groups from here on.
 
   `optimizer(trainable)` builds the phase's optax transformation. Coming from
-  a `previous` phase, the optimizer state is rebuilt for the new groups: the
-  groups that train in both keep their moments, newly unfrozen ones start
-  fresh. Without `previous`, `state.opt_state` must already fit
-  `optimizer(trainable)` (a new or restored state).
+  a `previous` phase, the optimizer state is rebuilt for the new groups
+  (`optim.carry_over`). Without `previous`, `state.opt_state` must already
+  fit `optimizer(trainable)` (a new or restored state).
   """
   trainable = tuple(trainable)
   tx = optimizer(trainable)
   if previous is not None:
-    opt_state = carry_optimizer_state(tx.init(state.params), state.opt_state,
-                                      set(previous.trainable) & set(trainable))
+    opt_state = optim.carry_over(tx.init(state.params), state.opt_state,
+                                 set(previous.trainable.groups) & set(trainable))
     # Same placement as the state it joins (replicated across the mesh).
     sharding = jax.tree.leaves(state.params)[0].sharding
     state = state.replace(opt_state=jax.device_put(opt_state, sharding))
   frozen = tuple(g for g in plan.groups if g not in trainable)
   graphdef = phase_graphdef(train_graph, state.params, state.model_state, frozen)
-  return state, Phase(trainable=trainable, tx=tx, graphdef=graphdef,
-                      mask=trainable_mask(labels, trainable))
+  return state, Phase(trainable=Trainable(_patterns(group_patterns), trainable), tx=tx,
+                      graphdef=graphdef)
 
 
 def phase_graphdef(train_graph: nnx.GraphDef, params: nnx.State, model_state: nnx.State,

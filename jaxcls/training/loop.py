@@ -1,46 +1,415 @@
-"""The training loop: data, model, jitted steps, evaluation, checkpoints, results.
+"""The training loop: epochs of jitted steps, validation, checkpoints, then the test.
 
-The loop owns every side effect (logging, checkpoints, progress); the steps it
-calls are pure (`jaxcls.training.steps`). A rerun with the same workdir resumes from
-the latest checkpoint: the train state holds the model, optimizer, step and
+`fit` reads as the outline of a run; each stage is a function below it. The
+loop owns every side effect (logging, checkpoints, progress); the steps it
+calls are pure (`jaxcls.training.steps`). A rerun with the same workdir
+resumes from the latest checkpoint: the train state holds the model,
+optimizer (its learning-rate schedule and plateau scale included), step and
 RNG, and the data position is derived from the step, so the resumed run sees
 the same batches an uninterrupted one would. After each validation the loop
-updates ReduceLROnPlateau (whose scale the state carries into the step) and
-early stopping, both kept in the checkpoint's meta.
+updates ReduceLROnPlateau and early stopping, both kept in the checkpoint's
+meta.
 """
 
 import contextlib
 import dataclasses
-import functools
-import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import parameter_overview
-from flax import nnx
-from PIL import Image
 
 from jaxcls import data
-from jaxcls.training import finetune, losses, parallel
-from jaxcls.training.checkpointing import Checkpointer
-from jaxcls.errors import ConfigError
-from jaxcls.data.on_device import DeviceTrainSet
-from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
 from jaxcls.data.mixing import Mixup
-from jaxcls.models import model_from_config
-from jaxcls.training.optim import create_optimizer, learning_rate_schedule
+from jaxcls.data.on_device import DeviceTrainSet
+from jaxcls.errors import ConfigError
+from jaxcls.training import finetune, losses, optim, parallel, results
+from jaxcls.training.checkpointing import Checkpointer
+from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
 from jaxcls.training.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
 from jaxcls.training.preemption import Preempted, PreemptionGuard
+from jaxcls.training.preview import FIRST_BATCH_PNG, write_first_batch
 from jaxcls.training.profiling import StepTrace
-from jaxcls.training.steps import NO_STEP, create_train_state, jit_preview, jit_steps
-from jaxcls.data.label_tasks import tasks_from_class_names
-from jaxcls.training.workdir import check_config as check_workdir_config
 from jaxcls.training.progress import ProgressReporter, create_writer
+from jaxcls.training.setup import RunParts, build_run
+from jaxcls.training.steps import NO_STEP, StepSpec, jit_preview, jit_steps, new_train_state
+from jaxcls.training.workdir import check_config as check_workdir_config
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient norm stopped being finite (train.nonfinite='stop')."""
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, *,
+        allow_config_change: bool = False) -> dict:
+  """Trains `config` (validated and resolved: `jaxcls.experiment`) in `workdir`, validates every
+  epoch, tests the best checkpoint; returns what it writes to results.json.
+
+  A workdir holding a run of another config is refused (`workdir.check_config`)
+  unless `allow_config_change`. SIGTERM/SIGINT checkpoint the current step and
+  raise `Preempted`; a non-finite loss or gradient raises `NonFiniteError`
+  (or, with train.nonfinite='skip', leaves that step out).
+  """
+  started = time.monotonic()
+  run = _set_up(config, Path(workdir), allow_config_change)
+  loop = _start(run)
+  # SIGTERM/SIGINT set `guard.requested`; the handlers are restored however the loop ends.
+  with PreemptionGuard() as guard:
+    for epoch in range(loop.start_epoch, config.train.num_epochs):
+      _enter_phase_of(run, loop, epoch)
+      epoch_metrics = _train_epoch(run, loop, epoch, guard)
+      if _end_epoch(run, loop, epoch, epoch_metrics):
+        break
+  loop.progress.close()
+  run.checkpointer.wait()
+  test_metrics, best_step = _test_best_checkpoint(run, loop)
+  return results.write(run, loop, test_metrics, best_step, total_seconds=time.monotonic() - started)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What stays fixed for the whole run."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  is_main: bool
+  writer: object
+  checkpointer: Checkpointer
+  dataset: data.Dataset
+  parts: RunParts
+  plan: finetune.FinetunePlan
+  steps_per_epoch: int
+  optimizer: Callable  # trainable groups -> the phase's optax transformation.
+  spec: Callable  # Phase -> its StepSpec.
+  batch_sharding: jax.sharding.Sharding
+  plateau: ReduceLROnPlateau | None
+  plateau_metric: str
+  early_stopping: EarlyStopping | None
+  stopping_metric: str
+  loss_info: dict
+  mixup: Mixup
+  train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
+
+
+@dataclasses.dataclass
+class Loop:
+  """What changes as the run goes: the train state, its phase and steps, the history."""
+  state: object
+  phase: finetune.Phase
+  train_fn: Callable
+  eval_fn: Callable
+  history: list
+  plateau_state: PlateauState | None
+  stopping_state: EarlyStoppingState | None
+  step: int
+  start_epoch: int
+  start_in_epoch: int
+  progress: ProgressReporter
+  profile: StepTrace
+  preview_fn: Callable | None
+  stopped_early_at_epoch: int | None = None
+  train_seconds: float = 0.0
+  first_step_seconds: float | None = None
+  images_seen: int = 0
+  epoch_started: float = 0.0  # time.monotonic() at the start of the current epoch.
+
+
+def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
+  """The workdir, data, model, optimizer and steps of a run; nothing trained yet."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  logging.info('devices: %d x %s (process %d of %d); local: %s', jax.device_count(),
+               jax.devices()[0].device_kind, jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  logging.info('config:\n%s', config)
+  checkpointer = Checkpointer(str(workdir / 'checkpoints'), config.checkpoint)
+  check_workdir_config(workdir, config, allow_change=allow_config_change,
+                       has_checkpoints=checkpointer.latest_step() is not None)
+  if is_main:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  dataset = _load_data(config, workdir)
+  parts = build_run(config, dataset.class_names)
+  _log_model(config, parts)
+  steps_per_epoch = _steps_per_epoch(config, dataset)
+  learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch,
+                                                  config.train.num_epochs)
+  plan = finetune.plan_from_config(config.finetune, parts.groups, config.train.num_epochs)
+  logging.info('parameter groups: %s; fine-tuning %s: %s', ', '.join(plan.groups),
+               config.finetune.strategy, '; '.join(
+                   f'from epoch {e}: {", ".join(t)}' for e, t in plan.phases))
+  labels = parts.labels()
+  optimizer = lambda trainable: optim.create_optimizer(  # noqa: E731
+      config.optimizer, learning_rate_fn, labels, trainable, plan.lr_multipliers)
+  loss_fn, loss_info = _loss_from_config(config, dataset)
+  mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())  # Smoothing lives in the loss.
+  batch_sharding = parallel.batch_sharded(parallel.data_mesh())
+  plateau, plateau_metric = _plateau_from_config(config)
+  early_stopping, stopping_metric = _early_stopping_from_config(config)
+  return Run(config=config, workdir=workdir, is_main=is_main,
+             writer=create_writer(str(workdir), is_main_process=is_main),
+             checkpointer=checkpointer, dataset=dataset, parts=parts, plan=plan,
+             steps_per_epoch=steps_per_epoch, optimizer=optimizer,
+             spec=_step_spec_factory(config, parts, loss_fn, mixup),
+             batch_sharding=batch_sharding, plateau=plateau, plateau_metric=plateau_metric,
+             early_stopping=early_stopping, stopping_metric=stopping_metric,
+             loss_info=loss_info, mixup=mixup,
+             train_batches=_train_batches_factory(config, dataset, batch_sharding))
+
+
+def _load_data(config, workdir: Path) -> data.Dataset:
+  dataset = data.load_dataset(config.data, str(workdir))
+  for split in ('train', 'val', 'test'):
+    if len(getattr(dataset, split)) == 0:
+      raise ConfigError(f'config.data.split={tuple(config.data.split)}: the {split} split of '
+                        f'{config.data.source} is empty; val picks the best checkpoint and '
+                        'test reports it, so every split needs examples')
+  logging.info('data %s: %d classes; train %d, val %d, test %d', config.data.source,
+               len(dataset.class_names), len(dataset.train), len(dataset.val), len(dataset.test))
+  return dataset
+
+
+def _steps_per_epoch(config, dataset) -> int:
+  batch_size = config.train.batch_size
+  epoch_length = data.train_epoch_length(len(dataset.train), config.data)
+  if epoch_length < batch_size:
+    raise ConfigError(f'config.train.batch_size={batch_size}: the train split has only '
+                      f'{epoch_length} examples per epoch, fewer than one batch; use a smaller '
+                      'batch size (or more training data)')
+  return data.steps_per_epoch(epoch_length, batch_size)
+
+
+def _log_model(config, parts: RunParts) -> None:
+  info = parts.pretrained
+  if info is not None:
+    logging.info('%s weights %s (%s layout, sha256 %s) from %s; input %d, resize %d %s, mean %s, '
+                 'std %s', config.model.name, info.tag or '(no tag)', info.layout,
+                 info.sha256[:12], info.source, config.data.image_size,
+                 config.data.resize_size, config.data.interpolation, config.data.mean,
+                 config.data.std)
+  if parts.tasks is not None:
+    logging.info('tasks (%s): %s', config.tasks.mode,
+                 ', '.join(f'{n} {v}' for n, v in zip(parts.tasks.names, parts.tasks.values)))
+  flat = results.flat_names(parts.params)
+  logging.info('parameters of %s:\n%s', config.model.name,
+               parameter_overview.get_parameter_overview(flat, include_stats=False))
+
+
+def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
+  """Phase -> the StepSpec of its jitted steps."""
+  tasks = parts.tasks
+  weights = None
+  if parts.heads_per_task:
+    weights = tuple(config.tasks.loss_weights) or (1.0,) * len(tasks.names)
+  metrics_cls = eval_metrics_class(len(parts.class_names), tasks)
+  train_metrics_cls = train_metrics_class(tasks, mixing=mixup.enabled)
+  return lambda phase: StepSpec(
+      train_graph=phase.graphdef, eval_graph=parts.eval_graph, tx=phase.tx,
+      metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
+      dtype=config.model.dtype, loss_fn=loss_fn, augment=config.data.augment, mixup=mixup,
+      trainable=phase.trainable, task_loss_weights=weights, train_metrics_cls=train_metrics_cls)
+
+
+def _train_batches_factory(config, dataset, batch_sharding) -> Callable[[int, int], Iterator]:
+  batch_size = config.train.batch_size
+  if config.data.on_device:
+    device_set = DeviceTrainSet(dataset.train, config.data, batch_sharding, seed=config.seed)
+    return lambda epoch, start: device_set.batches(global_batch_size=batch_size, epoch=epoch,
+                                                   start_step=start)
+  return lambda epoch, start: parallel.prefetch_to_device(
+      data.train_batches(dataset.train, config.data, global_batch_size=batch_size,
+                         seed=config.seed, epoch=epoch, start_step=start,
+                         process_index=jax.process_index(), process_count=jax.process_count()),
+      batch_sharding, config.data.prefetch)
+
+
+def _start(run: Run) -> Loop:
+  """Step 0, or the latest checkpoint (state, history, plateau and early stopping) of a rerun."""
+  config, parts = run.config, run.parts
+  latest = run.checkpointer.latest_step()
+  # The optimizer state has the shape of the saved phase's optimizer.
+  meta = run.checkpointer.restore_meta(latest) if latest is not None else None
+  trainable = tuple(meta['trainable_groups']) if meta else run.plan.trainable_at(0)
+  replicated = parallel.replicated(parallel.data_mesh())
+  state = jax.device_put(new_train_state(parts.params, parts.model_state,
+                                         run.optimizer(trainable), config.seed), replicated)
+  plateau_state = run.plateau.init() if run.plateau else None
+  stopping_state = run.early_stopping.init() if run.early_stopping else None
+  history = []
+  if latest is not None:
+    state, meta = run.checkpointer.restore(latest, state)
+    _check_resumable(run, meta)
+    history = meta['history']
+    if run.plateau is not None and 'plateau' in meta:
+      plateau_state = PlateauState.from_dict(meta['plateau'])
+    if run.early_stopping is not None and 'early_stopping' in meta:
+      stopping_state = EarlyStoppingState.from_dict(meta['early_stopping'])
+    logging.info('resumed from the checkpoint at step %d (epoch %d)', latest,
+                 latest // run.steps_per_epoch)
+  state, phase = finetune.enter_phase(state, trainable, plan=run.plan,
+                                      group_patterns=parts.group_patterns,
+                                      train_graph=parts.train_graph, optimizer=run.optimizer)
+  train_fn, eval_fn = jit_steps(run.spec(phase))
+  step = int(state.step)
+  start_epoch, start_in_epoch = divmod(step, run.steps_per_epoch)
+  stopped_early_at_epoch = None
+  if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
+    stopped_early_at_epoch, start_epoch = start_epoch, config.train.num_epochs
+  preview_path = run.workdir / FIRST_BATCH_PNG
+  preview_fn = (jit_preview(augment_config=config.data.augment, mixup=run.mixup)
+                if run.is_main and jax.process_count() == 1 and not preview_path.exists()
+                else None)
+  return Loop(state=state, phase=phase, train_fn=train_fn, eval_fn=eval_fn, history=history,
+              plateau_state=plateau_state, stopping_state=stopping_state, step=step,
+              start_epoch=start_epoch, start_in_epoch=start_in_epoch,
+              progress=ProgressReporter(run.steps_per_epoch * config.train.num_epochs,
+                                        run.writer, initial_step=step),
+              profile=StepTrace(str(run.workdir), start=step + 1,
+                                num_steps=config.train.profile_steps if run.is_main else 0),
+              preview_fn=preview_fn, stopped_early_at_epoch=stopped_early_at_epoch)
+
+
+def _check_resumable(run: Run, meta: dict) -> None:
+  if meta['steps_per_epoch'] != run.steps_per_epoch:
+    config = run.config
+    raise ConfigError(
+        f'{run.workdir}: its checkpoints were made with {meta["steps_per_epoch"]} steps per '
+        f'epoch, this config gives {run.steps_per_epoch} (train.batch_size='
+        f'{config.train.batch_size}, data.epoch_examples={config.data.epoch_examples}); '
+        'use a new --workdir for a different batch size, epoch length or data set')
+
+
+def _enter_phase_of(run: Run, loop: Loop, epoch: int) -> None:
+  """Switches to the fine-tuning phase of `epoch` where it differs: re-jits once per phase."""
+  trainable = run.plan.trainable_at(epoch)
+  if trainable == loop.phase.trainable.groups:
+    return
+  logging.info('epoch %d: training %s (frozen: %s)', epoch + 1, ', '.join(trainable),
+               ', '.join(run.plan.frozen_at(epoch)) or 'none')
+  loop.state, loop.phase = finetune.enter_phase(
+      loop.state, trainable, plan=run.plan, group_patterns=run.parts.group_patterns,
+      train_graph=run.parts.train_graph, optimizer=run.optimizer, previous=loop.phase)
+  loop.train_fn, loop.eval_fn = jit_steps(run.spec(loop.phase))
+
+
+def _train_epoch(run: Run, loop: Loop, epoch: int, guard: PreemptionGuard):
+  """The epoch's train steps (from the resumed position in the first); its merged metrics."""
+  config = run.config
+  loop.epoch_started = epoch_started = time.monotonic()
+  epoch_metrics = interval_metrics = None
+  for batch in run.train_batches(epoch, loop.start_in_epoch if epoch == loop.start_epoch else 0):
+    if loop.preview_fn is not None:  # Before the step, which donates the state's buffers.
+      write_first_batch(loop.preview_fn(loop.state.rng, loop.state.step, batch['image']),
+                        run.workdir / FIRST_BATCH_PNG, run.writer, loop.step)
+      loop.preview_fn = None
+    step_metrics = _step(run, loop, batch)
+    interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
+        step_metrics)
+    epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
+    loop.progress(loop.step)
+    if loop.step % config.train.log_every_steps == 0:
+      run.writer.write_scalars(loop.step, _prefixed('train', _finite_or_stop(
+          interval_metrics.compute(), config, run.checkpointer)))
+      interval_metrics = None
+    if guard.requested:  # SIGTERM/SIGINT: this step's state, then stop.
+      _finite_or_stop(epoch_metrics.compute(), config, run.checkpointer)
+      run.checkpointer.save(loop.state, meta=_meta(run, loop, epoch),
+                            metrics=_never_best(config))
+      run.checkpointer.wait()
+      raise Preempted(guard.requested, loop.step, str(run.workdir))
+  jax.block_until_ready(loop.state)
+  loop.train_seconds += time.monotonic() - epoch_started
+  loop.profile.close()  # At the latest at the epoch's end: the trace shows train steps only.
+  return epoch_metrics
+
+
+def _step(run: Run, loop: Loop, batch):
+  """One train step; the first is timed apart (it compiles) and turns out-of-memory into advice."""
+  started = time.monotonic()
+  if loop.first_step_seconds is None:
+    with _out_of_memory_hint(run.config):
+      loop.state, step_metrics = loop.train_fn(loop.state, batch)
+      jax.block_until_ready(loop.state)
+    loop.first_step_seconds = time.monotonic() - started
+  else:
+    loop.state, step_metrics = loop.train_fn(loop.state, batch)
+    loop.images_seen += run.config.train.batch_size
+  loop.step += 1
+  loop.profile(loop.step, loop.state)
+  return step_metrics
+
+
+def _end_epoch(run: Run, loop: Loop, epoch: int, epoch_metrics) -> bool:
+  """Validation, ReduceLROnPlateau, the epoch's checkpoint; True when early stopping stops."""
+  config = run.config
+  with loop.progress.timed('eval'):
+    val_metrics = evaluate(loop.eval_fn, loop.state, run.dataset.val, config, run.batch_sharding)
+  train_summary = {k: float(v) for k, v in _finite_or_stop(
+      epoch_metrics.compute(), config, run.checkpointer).items()}
+  entry = dict(epoch=epoch + 1, step=loop.step, train=train_summary, val=val_metrics,
+               seconds=time.monotonic() - loop.epoch_started)
+  if run.plateau is not None:
+    _update_plateau(run, loop, epoch, val_metrics[run.plateau_metric])
+    entry['lr_scale'] = loop.plateau_state.scale
+  if run.early_stopping is not None:
+    loop.stopping_state = run.early_stopping.update(loop.stopping_state,
+                                                    val_metrics[run.stopping_metric])
+  run.writer.write_scalars(loop.step, {
+      **_prefixed('val', val_metrics), 'epoch': epoch + 1,
+      **({'lr_scale': loop.plateau_state.scale} if run.plateau else {})})
+  run.writer.flush()
+  loop.history.append(entry)
+  logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
+               epoch + 1, config.train.num_epochs, train_summary['loss'],
+               train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
+  with loop.progress.timed('checkpoint'):
+    run.checkpointer.save(loop.state, meta=_meta(run, loop, epoch + 1), metrics=val_metrics)
+  stopping = loop.stopping_state
+  if stopping is None or not stopping.should_stop:
+    return False
+  loop.stopped_early_at_epoch = epoch + 1
+  logging.info('early stopping after epoch %d: val %s has not improved by %g for %d epochs '
+               '(best %.5g at epoch %d)', epoch + 1, run.stopping_metric,
+               run.early_stopping.min_delta, run.early_stopping.patience, stopping.best,
+               stopping.best_epoch)
+  return True
+
+
+def _update_plateau(run: Run, loop: Loop, epoch: int, value: float) -> None:
+  """ReduceLROnPlateau after a validation; the next epoch's steps read its scale."""
+  loop.plateau_state = run.plateau.update(loop.plateau_state, value)
+  scale = loop.plateau_state.scale
+  if scale != optim.plateau_scale(loop.state.opt_state):
+    logging.info('epoch %d: val %s has not improved for %d epochs: learning rate scale %g',
+                 epoch + 1, run.plateau_metric, run.plateau.patience, scale)
+  loop.state = loop.state.replace(opt_state=optim.set_plateau_scale(loop.state.opt_state, scale))
+
+
+def _meta(run: Run, loop: Loop, epochs_done: int) -> dict:
+  """What a checkpoint keeps beside the state (JSON): enough to resume and to report."""
+  meta = dict(epoch=epochs_done, steps_per_epoch=run.steps_per_epoch, history=loop.history,
+              class_names=list(run.dataset.class_names),
+              trainable_groups=list(loop.phase.trainable.groups))
+  if run.plateau is not None:
+    meta['plateau'] = loop.plateau_state.to_dict()
+  if run.early_stopping is not None:
+    meta['early_stopping'] = loop.stopping_state.to_dict()
+  return meta
+
+
+def _test_best_checkpoint(run: Run, loop: Loop) -> tuple[dict[str, float], int]:
+  """Test metrics of the best checkpoint by validation, and its step."""
+  best_step = run.checkpointer.best_step()
+  # Shaped like the best step's phase: its optimizer state may differ from the last one's.
+  best_trainable = run.checkpointer.restore_meta(best_step)['trainable_groups']
+  like = loop.state.replace(opt_state=jax.device_put(
+      run.optimizer(best_trainable).init(loop.state.params), parallel.replicated(
+          parallel.data_mesh())))
+  best_state, _ = run.checkpointer.restore(best_step, like)
+  test_metrics = evaluate(loop.eval_fn, best_state, run.dataset.test, run.config,
+                          run.batch_sharding)
+  return test_metrics, best_step
 
 
 def evaluate(eval_fn, state, source, config: ml_collections.ConfigDict,
@@ -58,294 +427,6 @@ def evaluate(eval_fn, state, source, config: ml_collections.ConfigDict,
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
   return {f'{prefix}_{k}': float(v) for k, v in metrics.items()}
-
-
-def fit(config: ml_collections.ConfigDict, workdir: str, *,
-        allow_config_change: bool = False) -> dict:
-  """Trains, validates every epoch, tests the best checkpoint; returns and writes results.json.
-
-  A workdir holding a run of another config is refused (`jaxcls.training.workdir`)
-  unless `allow_config_change`. SIGTERM/SIGINT checkpoint the current step and
-  raise `Preempted`; a non-finite loss or gradient raises `NonFiniteError`
-  (or, with train.nonfinite='skip', leaves that step out).
-  """
-  started = time.monotonic()
-  workdir_path = Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  is_main = jax.process_index() == 0
-  writer = create_writer(str(workdir_path), is_main_process=is_main)
-  logging.info('devices: %d x %s (process %d of %d); local: %s', jax.device_count(),
-               jax.devices()[0].device_kind, jax.process_index(), jax.process_count(),
-               jax.local_devices())
-  logging.info('config:\n%s', config)
-  checkpoint_dir = workdir_path / 'checkpoints'
-  check_workdir_config(workdir_path, config, allow_change=allow_config_change,
-                       has_checkpoints=checkpoint_dir.is_dir() and any(
-                           p.name.isdigit() for p in checkpoint_dir.iterdir()))
-  if is_main:
-    (workdir_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
-
-  dataset = data.load_dataset(config.data, str(workdir_path))
-  num_classes = len(dataset.class_names)
-  for split in ('train', 'val', 'test'):
-    if len(getattr(dataset, split)) == 0:
-      raise ConfigError(f'config.data.split={tuple(config.data.split)}: the {split} split of '
-                        f'{config.data.source} is empty; val picks the best checkpoint and '
-                        'test reports it, so every split needs examples')
-  logging.info('data %s: %d classes; train %d, val %d, test %d', config.data.source, num_classes,
-               len(dataset.train), len(dataset.val), len(dataset.test))
-
-  tasks = tasks_from_class_names(dataset.class_names, config.tasks.names, config.tasks.separator)
-  heads_per_task = tasks is not None and config.tasks.mode == 'heads'
-  model, pretrained = model_from_config(config.model, dataset.class_names,
-                                        tasks if heads_per_task else None, seed=config.seed,
-                                        return_info=True)
-  if pretrained is not None:
-    logging.info('%s weights %s (%s layout, sha256 %s) from %s; input %d, resize %d %s, mean %s, '
-                 'std %s', config.model.name, pretrained.tag or '(no tag)', pretrained.layout,
-                 pretrained.sha256[:12], pretrained.source, config.data.image_size,
-                 config.data.resize_size, config.data.interpolation, config.data.mean,
-                 config.data.std)
-  if tasks is not None:
-    logging.info('tasks (%s): %s', config.tasks.mode,
-                 ', '.join(f'{n} {v}' for n, v in zip(tasks.names, tasks.values)))
-
-  batch_size = config.train.batch_size
-  epoch_length = data.train_epoch_length(len(dataset.train), config.data)
-  if epoch_length < batch_size:
-    raise ConfigError(f'config.train.batch_size={batch_size}: the train split has only '
-                      f'{epoch_length} examples per epoch, fewer than one batch; use a smaller '
-                      'batch size (or more training data)')
-  steps_per_epoch = data.steps_per_epoch(epoch_length, batch_size)
-  num_steps = steps_per_epoch * config.train.num_epochs
-  learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch,
-                                            config.train.num_epochs)
-  plan = finetune.plan_from_config(config.finetune, finetune.group_names(model),
-                                   config.train.num_epochs)
-  labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
-  optimizer = lambda trainable: create_optimizer(  # noqa: E731
-      config.optimizer, labels, trainable, plan.lr_multipliers)
-
-  checkpointer = Checkpointer(str(checkpoint_dir), config.checkpoint)
-  latest = checkpointer.latest_step()
-  # The optimizer state has the shape of the saved phase's optimizer.
-  trainable = tuple(checkpointer.restore_meta(latest)['trainable_groups']) if latest is not None \
-      else plan.trainable_at(0)
-  train_graph, eval_graph, state = create_train_state(model, optimizer(trainable), config.seed)
-  del model
-  flat_params = _flat_names(state.params)
-  num_params = parameter_overview.count_parameters(flat_params)
-  logging.info('parameters of %s:\n%s', config.model.name,
-               parameter_overview.get_parameter_overview(flat_params, include_stats=False))
-  logging.info('parameter groups: %s; fine-tuning %s: %s', ', '.join(plan.groups),
-               config.finetune.strategy, '; '.join(
-                   f'from epoch {e}: {", ".join(t)}' for e, t in plan.phases))
-
-  mesh = parallel.data_mesh()
-  replicated = parallel.replicated(mesh)
-  state = jax.device_put(state, replicated)
-  batch_sharding = parallel.batch_sharded(mesh)
-
-  plateau, plateau_metric = _plateau_from_config(config)
-  early_stopping, stopping_metric = _early_stopping_from_config(config)
-  plateau_state = plateau.init() if plateau else None
-  stopping_state = early_stopping.init() if early_stopping else None
-  history = []
-  if latest is not None:
-    state, meta = checkpointer.restore(latest, state)
-    if meta['steps_per_epoch'] != steps_per_epoch:
-      raise ConfigError(
-          f'{workdir}: its checkpoints were made with {meta["steps_per_epoch"]} steps per epoch, '
-          f'this config gives {steps_per_epoch} (train.batch_size={batch_size}, '
-          f'data.epoch_examples={config.data.epoch_examples}); '
-          'use a new --workdir for a different batch size, epoch length or data set')
-    history = meta['history']
-    if plateau is not None and 'plateau' in meta:
-      plateau_state = PlateauState.from_dict(meta['plateau'])
-    if early_stopping is not None and 'early_stopping' in meta:
-      stopping_state = EarlyStoppingState.from_dict(meta['early_stopping'])
-    logging.info('resumed from the checkpoint at step %d (epoch %d)', latest, latest // steps_per_epoch)
-
-  loss_fn, loss_info = _loss_from_config(config, dataset, num_classes)
-  # Label smoothing lives in the loss alone; Mixup only mixes.
-  mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())
-  metrics_cls = eval_metrics_class(num_classes, tasks)
-  jit_for_phase = functools.partial(
-      jit_steps, eval_graph=eval_graph, learning_rate_fn=learning_rate_fn,
-      metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
-      dtype=config.model.dtype, loss_fn=loss_fn, augment_config=config.data.augment, mixup=mixup,
-      task_loss_weights=(tuple(config.tasks.loss_weights) or (1.0,) * len(tasks.names))
-      if heads_per_task else None,
-      train_metrics_cls=train_metrics_class(tasks, mixing=mixup.enabled))
-
-  enter_phase = functools.partial(finetune.enter_phase, plan=plan, labels=labels,
-                                  train_graph=train_graph, optimizer=optimizer)
-  state, phase = enter_phase(state, trainable)
-  train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
-
-  if config.data.on_device:
-    device_train_set = DeviceTrainSet(dataset.train, config.data, batch_sharding, seed=config.seed)
-    train_batches = lambda epoch, start: device_train_set.batches(  # noqa: E731
-        global_batch_size=batch_size, epoch=epoch, start_step=start)
-  else:
-    train_batches = lambda epoch, start: parallel.prefetch_to_device(  # noqa: E731
-        data.train_batches(dataset.train, config.data, global_batch_size=batch_size,
-                           seed=config.seed, epoch=epoch, start_step=start,
-                           process_index=jax.process_index(), process_count=jax.process_count()),
-        batch_sharding, config.data.prefetch)
-
-  step = int(state.step)
-  progress = ProgressReporter(num_steps, writer, initial_step=step)
-  train_seconds, first_step_seconds, images_seen = 0.0, None, 0
-  start_epoch, start_in_epoch = divmod(step, steps_per_epoch)
-  preview_path = workdir_path / FIRST_BATCH_PNG
-  preview_fn = (jit_preview(augment_config=config.data.augment, mixup=mixup)
-                if is_main and jax.process_count() == 1 and not preview_path.exists() else None)
-  stopped_early_at_epoch = None
-  profile = StepTrace(str(workdir_path), start=step + 1,
-                      num_steps=config.train.profile_steps if is_main else 0)
-  if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
-    stopped_early_at_epoch = start_epoch
-    start_epoch = config.train.num_epochs
-  def _meta(epochs_done, history, phase) -> dict:
-    """What a checkpoint keeps beside the state (JSON): enough to resume and to report."""
-    meta = dict(epoch=epochs_done, steps_per_epoch=steps_per_epoch, history=history,
-                class_names=list(dataset.class_names), trainable_groups=list(phase.trainable))
-    if plateau is not None:
-      meta['plateau'] = plateau_state.to_dict()
-    if early_stopping is not None:
-      meta['early_stopping'] = stopping_state.to_dict()
-    return meta
-
-  # SIGTERM/SIGINT set `guard.requested`; the handlers are restored however the loop ends.
-  with PreemptionGuard() as guard:
-    for epoch in range(start_epoch, config.train.num_epochs):
-      if plan.trainable_at(epoch) != phase.trainable:  # Re-jits once per phase.
-        logging.info('epoch %d: training %s (frozen: %s)', epoch + 1,
-                     ', '.join(plan.trainable_at(epoch)),
-                     ', '.join(plan.frozen_at(epoch)) or 'none')
-        state, phase = enter_phase(state, plan.trainable_at(epoch), previous=phase)
-        train_fn, eval_fn = jit_for_phase(phase.graphdef, tx=phase.tx, trainable=phase.mask)
-      epoch_started = time.monotonic()
-      epoch_metrics = interval_metrics = None
-      for batch in train_batches(epoch, start_in_epoch if epoch == start_epoch else 0):
-        if preview_fn is not None:  # Before the step, which donates the state's buffers.
-          _write_first_batch(preview_fn(state.rng, state.step, batch['image']), preview_path,
-                             writer, step)
-          preview_fn = None
-        step_started = time.monotonic()
-        if first_step_seconds is None:  # Includes compilation: keep it out of the images/s.
-          with _out_of_memory_hint(config):
-            state, step_metrics = train_fn(state, batch)
-            jax.block_until_ready(state)
-          first_step_seconds = time.monotonic() - step_started
-        else:
-          state, step_metrics = train_fn(state, batch)
-          images_seen += batch_size
-        step += 1
-        profile(step, state)
-        interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
-            step_metrics)
-        epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
-        progress(step)
-        if step % config.train.log_every_steps == 0:
-          writer.write_scalars(step, _prefixed('train', _finite_or_stop(
-              interval_metrics.compute(), config, checkpointer)))
-          interval_metrics = None
-        if guard.requested:  # SIGTERM/SIGINT: this step's state, then stop.
-          _finite_or_stop(epoch_metrics.compute(), config, checkpointer)
-          checkpointer.save(state, meta=_meta(epoch, history, phase), metrics=_never_best(config))
-          checkpointer.wait()
-          raise Preempted(guard.requested, step, workdir)
-      jax.block_until_ready(state)
-      train_seconds += time.monotonic() - epoch_started
-      profile.close()  # At the latest at the epoch's end: the trace shows train steps only.
-
-      with progress.timed('eval'):
-        val_metrics = evaluate(eval_fn, state, dataset.val, config, batch_sharding)
-      train_summary = {k: float(v) for k, v in _finite_or_stop(
-          epoch_metrics.compute(), config, checkpointer).items()}
-      entry = dict(epoch=epoch + 1, step=step, train=train_summary, val=val_metrics,
-                   seconds=time.monotonic() - epoch_started)
-      if plateau is not None:
-        plateau_state = plateau.update(plateau_state, val_metrics[plateau_metric])
-        if plateau_state.scale != float(state.lr_scale):
-          logging.info('epoch %d: val %s has not improved for %d epochs: learning rate scale %g',
-                       epoch + 1, plateau_metric, plateau.patience, plateau_state.scale)
-        # The next epoch's steps read it; the checkpoint below keeps it.
-        state = state.replace(lr_scale=jax.device_put(
-            jnp.asarray(plateau_state.scale, jnp.float32), replicated))
-        entry['lr_scale'] = plateau_state.scale
-      if early_stopping is not None:
-        stopping_state = early_stopping.update(stopping_state, val_metrics[stopping_metric])
-      writer.write_scalars(step, {**_prefixed('val', val_metrics), 'epoch': epoch + 1,
-                                  **({'lr_scale': plateau_state.scale} if plateau else {})})
-      writer.flush()
-      history.append(entry)
-      logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
-                   epoch + 1, config.train.num_epochs, train_summary['loss'],
-                   train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
-      meta = _meta(epoch + 1, history, phase)
-      with progress.timed('checkpoint'):
-        checkpointer.save(state, meta=meta, metrics=val_metrics)
-      if stopping_state is not None and stopping_state.should_stop:
-        stopped_early_at_epoch = epoch + 1
-        logging.info('early stopping after epoch %d: val %s has not improved by %g for %d epochs '
-                     '(best %.5g at epoch %d)', epoch + 1, stopping_metric,
-                     early_stopping.min_delta, early_stopping.patience, stopping_state.best,
-                     stopping_state.best_epoch)
-        break
-  progress.close()
-  checkpointer.wait()
-
-  best_step = checkpointer.best_step()
-  # Shaped like the best step's phase: its optimizer state may differ from the last one's.
-  best_trainable = checkpointer.restore_meta(best_step)['trainable_groups']
-  best_state, _ = checkpointer.restore(best_step, state.replace(opt_state=jax.device_put(
-      optimizer(best_trainable).init(state.params), replicated)))
-  test_metrics = evaluate(eval_fn, best_state, dataset.test, config, batch_sharding)
-  best_epoch = next(h for h in history if h['step'] == best_step)
-  logging.info('test (best checkpoint, epoch %d by val %s): %s', best_epoch['epoch'],
-               config.checkpoint.best_metric, test_metrics)
-  writer.write_scalars(step, _prefixed('test', test_metrics))
-  writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                        if isinstance(v, (bool, int, float, str))})
-  writer.close()
-  checkpointer.close()
-
-  timed_steps = max(step - steps_per_epoch * start_epoch - start_in_epoch - 1, 0)
-  results = dict(
-      test=test_metrics, best_val=best_epoch['val'], best_epoch=best_epoch['epoch'],
-      best_step=best_step, history=history, class_names=list(dataset.class_names),
-      stopped_early_at_epoch=stopped_early_at_epoch,
-      plateau=None if plateau is None else dict(metric=plateau_metric, **plateau_state.to_dict()),
-      pretrained=None if pretrained is None else dataclasses.asdict(pretrained),
-      loss=loss_info, mixup=config.mixup.to_dict() if mixup.enabled else None,
-      num_params=int(num_params), num_examples=dict(train=len(dataset.train),
-                                                    val=len(dataset.val), test=len(dataset.test)),
-      test_is_val=dataset.test is dataset.val,
-      finetune=dict(strategy=config.finetune.strategy, groups=list(plan.groups),
-                    phases=[dict(epoch=e, trainable=list(t)) for e, t in plan.phases],
-                    lr_multipliers=dict(plan.lr_multipliers)),
-      tasks=None if tasks is None else dict(
-          mode=config.tasks.mode, names=list(tasks.names), values=[list(v) for v in tasks.values]),
-      devices=dict(count=jax.device_count(), kind=jax.devices()[0].device_kind,
-                   processes=jax.process_count()),
-      timings=dict(total_seconds=time.monotonic() - started, train_seconds=train_seconds,
-                   first_step_seconds=first_step_seconds, train_images_per_second=(
-                       images_seen / max(train_seconds - (first_step_seconds or 0), 1e-9)
-                       if timed_steps else None)),
-      config=config.to_dict())
-  if is_main:
-    (workdir_path / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
-  return results
-
-
-FIRST_BATCH_PNG = 'first_batch.png'
-
-
-class NonFiniteError(RuntimeError):
-  """The loss or gradient norm stopped being finite (train.nonfinite='stop')."""
 
 
 def _finite_or_stop(computed: dict, config, checkpointer: Checkpointer) -> dict:
@@ -409,10 +490,10 @@ def _early_stopping_from_config(config) -> tuple[EarlyStopping | None, str]:
                        mode=e.mode or config.checkpoint.best_mode), metric
 
 
-def _loss_from_config(config, dataset, num_classes: int) -> tuple[losses.LossFn, dict]:
+def _loss_from_config(config, dataset) -> tuple[losses.LossFn, dict]:
   """The training loss `config.loss` asks for (class weights from the train split), and a
   JSON summary of it for results.json."""
-  c = config.loss
+  c, num_classes = config.loss, len(dataset.class_names)
   weights = None
   if c.class_weights != 'none':
     counts = data.class_counts(data.source_labels(dataset.train), num_classes)
@@ -433,53 +514,3 @@ def _loss_from_config(config, dataset, num_classes: int) -> tuple[losses.LossFn,
       class_weights=weights)
   return loss_fn, dict(name=c.name, label_smoothing=config.train.label_smoothing,
                        class_weights=None if weights is None else weights.tolist())
-
-
-def _write_first_batch(images, path: Path, writer, step: int) -> None:
-  """The first train batch as the model sees it (augmented, mixed; before normalisation),
-  as an image grid in `path` and in TensorBoard."""
-  grid = image_grid(np.asarray(jax.device_get(images)))
-  Image.fromarray(grid).save(path)
-  if hasattr(writer, 'write_images'):  # Not the console fallback.
-    writer.write_images(step, {'train/first_batch': grid[None]})
-  logging.info('first train batch (augmented and mixed) written to %s', path)
-
-
-def image_grid(images: np.ndarray, columns: int = 16, max_images: int = 128,
-               min_side: int = 64) -> np.ndarray:
-  """uint8 [N, H, W, 3] -> one uint8 [rows * H', columns * W', 3] grid, 2-pixel gaps, each
-  image enlarged by a whole factor (nearest neighbour) to at least `min_side` pixels."""
-  images = images[:max_images]
-  count, height, width = images.shape[:3]
-  factor = max(1, -(-min_side // max(height, width)))
-  images = images.repeat(factor, axis=1).repeat(factor, axis=2)
-  height, width, gap = height * factor, width * factor, 2
-  columns = min(columns, count)
-  rows = -(-count // columns)
-  grid = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
-  for i, image in enumerate(images):
-    top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
-    grid[top:top + height, left:left + width] = image
-  return grid
-
-
-def _flat_names(tree) -> dict[str, jax.Array]:
-  """{'layer1/0/conv1/kernel': array, ...}: the flat mapping clu's overview prints."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {finetune.path_string(path): leaf for path, leaf in leaves}
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
-def _jsonable(value):
-  if isinstance(value, (np.generic, jnp.ndarray)):
-    return np.asarray(value).tolist()
-  return str(value)

@@ -1,8 +1,21 @@
-"""Optimizer and learning-rate schedule from the config."""
+"""Optimizer and learning-rate schedule from the config, as one optax transformation.
+
+`create_optimizer` chains the per-group optimizers (at unit learning rate
+times each group's multiplier, `optax.set_to_zero()` for frozen groups) with
+one scaling by the schedule's learning rate times ReduceLROnPlateau's scale,
+both hyperparameters injected into the optimizer state
+(`optax.inject_hyperparams`): the state knows the learning rate it applied,
+and the loop lowers the plateau scale with `set_plateau_scale`. Every
+optimizer here applies its learning rate last, so scaling its unit-rate
+update is the same update, and the groups' states stay independent of the
+schedule: a group unfrozen at epoch 6 starts fresh moments
+(`carry_over`) without restarting the schedule.
+"""
 
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -54,31 +67,67 @@ def _group_optimizer(opt_config: ml_collections.ConfigDict,
   raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'sgd' or 'adamw'")
 
 
-def create_optimizer(opt_config: ml_collections.ConfigDict, labels=None,
-                     trainable: Sequence[str] | None = None,
+def create_optimizer(opt_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule,
+                     labels=None, trainable: Sequence[str] | None = None,
                      lr_multipliers: Mapping[str, float] | None = None
                      ) -> optax.GradientTransformation:
-  """SGD or AdamW per parameter group, at unit learning rate times the group's multiplier.
-
-  The schedule's learning rate multiplies the updates in the train step
-  (`steps.train_step`), not here: every optimizer here applies its learning
-  rate last, so that is the same update, and the groups' optimizer states
-  stay independent of the step. That lets a group unfrozen at epoch 6 start
-  fresh moments without restarting its schedule.
+  """SGD or AdamW per parameter group, scaled by the schedule and the plateau scale.
 
   Args:
     opt_config: `config.optimizer`.
+    learning_rate_fn: the schedule (`learning_rate_schedule`), of the update count.
     labels: a tree like the params holding each parameter's group name
       (`finetune.param_labels`); None: one group, 'all'.
     trainable: the groups that train; the others get `optax.set_to_zero()`:
       no update, no weight decay, no optimizer state. None: all.
     lr_multipliers: group -> multiplier of the learning rate (default 1).
   """
-  if labels is None:
-    return _group_optimizer(opt_config, (lr_multipliers or {}).get('all', 1.0))
-  groups = sorted(set(jax.tree.leaves(labels)))
-  trainable = groups if trainable is None else trainable
   lr_multipliers = lr_multipliers or {}
-  transforms = {g: (_group_optimizer(opt_config, lr_multipliers.get(g, 1.0)) if g in trainable
-                    else optax.set_to_zero()) for g in groups}
-  return optax.multi_transform(transforms, labels)
+  if labels is None:
+    groups = _group_optimizer(opt_config, lr_multipliers.get('all', 1.0))
+  else:
+    names = sorted(set(jax.tree.leaves(labels)))
+    trainable = names if trainable is None else trainable
+    groups = optax.multi_transform(
+        {g: (_group_optimizer(opt_config, lr_multipliers.get(g, 1.0)) if g in trainable
+             else optax.set_to_zero()) for g in names}, labels)
+  return optax.chain(groups, optax.inject_hyperparams(_scale_by_learning_rate)(
+      learning_rate=learning_rate_fn, plateau_scale=1.0))
+
+
+def _scale_by_learning_rate(learning_rate, plateau_scale) -> optax.GradientTransformation:
+  return optax.scale(learning_rate * plateau_scale)
+
+
+def _hyperparams(opt_state) -> dict:
+  return opt_state[1].hyperparams
+
+
+def learning_rate(opt_state) -> jax.Array:
+  """The learning rate the last update applied: the schedule's times the plateau scale."""
+  hyperparams = _hyperparams(opt_state)
+  return hyperparams['learning_rate'] * hyperparams['plateau_scale']
+
+
+def plateau_scale(opt_state) -> float:
+  return float(_hyperparams(opt_state)['plateau_scale'])
+
+
+def set_plateau_scale(opt_state, scale: float):
+  """`opt_state` with ReduceLROnPlateau's scale set to `scale` (placed like the old one)."""
+  old = _hyperparams(opt_state)['plateau_scale']
+  new = jnp.asarray(scale, old.dtype)
+  if isinstance(old, jax.Array):
+    new = jax.device_put(new, old.sharding)
+  hyperparams = {**_hyperparams(opt_state), 'plateau_scale': new}
+  return (opt_state[0], opt_state[1]._replace(hyperparams=hyperparams))
+
+
+def carry_over(new_state, old_state, keep: Sequence[str]):
+  """The optimizer state after an unfreeze: `new_state` (fresh from `tx.init`) with the
+  moments of the groups in `keep` (trained before and after), the update count and the
+  plateau scale taken from `old_state`; newly unfrozen groups keep their fresh moments."""
+  inner = dict(new_state[0].inner_states)
+  for name in keep:
+    inner[name] = old_state[0].inner_states[name]
+  return (new_state[0]._replace(inner_states=inner), old_state[1])

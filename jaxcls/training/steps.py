@@ -1,11 +1,12 @@
 """The jitted train and eval steps: pure functions of (state, batch).
 
-Everything the steps need besides the state and the batch (the model's graph,
-the optimizer, the loss, augmentation and mixing, normalisation constants) is
-bound before `jax.jit`, so the steps stay pure and the loop around them owns
-every side effect.
+Everything the steps need besides the state and the batch (the model's graphs,
+the optimizer, the loss, augmentation and mixing, normalisation constants,
+what trains) is one frozen `StepSpec`, bound before `jax.jit`, so the steps
+stay pure and the loop around them owns every side effect.
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,12 +18,13 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from jaxcls.training import losses
 from jaxcls.data import device_augment
-from jaxcls.training.losses import LossFn
-from jaxcls.training.metrics import TrainMetrics, train_metrics_class
 from jaxcls.data.mixing import MixParams, Mixup, mix_images, mix_targets
 from jaxcls.models.heads import get_submodule
+from jaxcls.training import losses, optim
+from jaxcls.training.finetune import Trainable
+from jaxcls.training.losses import LossFn
+from jaxcls.training.metrics import train_metrics_class
 
 
 @flax.struct.dataclass
@@ -32,12 +34,11 @@ class TrainState:
   params: Any
   # Non-parameter variables: BatchNorm running statistics and the like.
   model_state: Any
+  # The optimizer's, learning-rate schedule and ReduceLROnPlateau's scale included
+  # (`optim.create_optimizer`).
   opt_state: Any
   # Raw uint32 key for on-device randomness; folded with the step each step.
   rng: jax.Array
-  # float32 scalar multiplying the schedule's learning rate: ReduceLROnPlateau's
-  # scale, set by the loop after validation (1: no reduction).
-  lr_scale: jax.Array
 
 
 # `fold_in` constants of the step key: one stream per use, so switching one on
@@ -46,9 +47,8 @@ AUGMENT_STREAM = 0
 MIX_STREAM = 1
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
-                       seed: int) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
-  """Splits a model into (train graph, eval graph, state).
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
+  """-> (train graph, eval graph, params, model state).
 
   Two graph definitions, one with BatchNorm in training mode and one using the
   running averages, let the steps merge the graph they need without mutating
@@ -58,10 +58,53 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
   train_graph, params, model_state = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graph = nnx.split(model, nnx.Param, ...)[0]
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                     opt_state=tx.init(params), rng=jax.random.PRNGKey(seed),
-                     lr_scale=jnp.ones((), jnp.float32))
-  return train_graph, eval_graph, state
+  return train_graph, eval_graph, params, model_state
+
+
+def new_train_state(params: nnx.State, model_state: nnx.State,
+                    tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """Step 0 of training `params` with `tx`."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                       seed: int) -> tuple[nnx.GraphDef, nnx.GraphDef, TrainState]:
+  """Splits a model into (train graph, eval graph, step-0 state)."""
+  train_graph, eval_graph, params, model_state = split_model(model)
+  return train_graph, eval_graph, new_train_state(params, model_state, tx, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What the jitted steps are built from besides (state, batch); all static under jit.
+
+  A fine-tuning phase (its optimizer, its train graph with the frozen groups in
+  inference mode, `trainable`) is part of it, so a schedule re-jits once per
+  phase; so are `augment` (`config.data.augment`, read when tracing) and `mixup`.
+  """
+  train_graph: nnx.GraphDef
+  eval_graph: nnx.GraphDef
+  tx: optax.GradientTransformation  # `optim.create_optimizer`: the learning rate inside.
+  metrics_cls: type[clu_metrics.Collection]  # Of the eval step (`metrics.eval_metrics_class`).
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  dtype: str = 'float32'
+  loss_fn: LossFn = losses.cross_entropy  # Of (logits, soft targets): `losses.make_loss_fn`.
+  augment: Any = None  # `config.data.augment`; None: no on-device augmentation.
+  mixup: Mixup | None = None
+  trainable: Trainable | None = None  # Which params train (`finetune.Trainable`); None: all.
+  task_loss_weights: tuple[float, ...] | None = None  # A `MultiTaskHead`'s loss weights.
+  train_metrics_cls: type[clu_metrics.Collection] | None = None  # None: `train_metrics_class`.
+
+  def __post_init__(self):
+    set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+    set_('mean', tuple(self.mean))
+    set_('std', tuple(self.std))
+    set_('augment', _static_augment(self.augment))
+    set_('mixup', _static_mixup(self.mixup))
+    if self.train_metrics_cls is None:
+      set_('train_metrics_cls', train_metrics_class(mixing=self.mixup is not None))
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
@@ -116,94 +159,85 @@ def multitask_loss(model: nnx.Module, images: jax.Array, targets: dict[str, jax.
 NO_STEP = jnp.iinfo(jnp.int32).max
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation, learning_rate_fn: optax.Schedule,
-               mean: Sequence[float], std: Sequence[float], dtype: jnp.dtype, loss_fn: LossFn,
-               augment_config=None, mixup: Mixup | None = None,
-               trainable: tuple[bool, ...] | None = None,
-               task_loss_weights: tuple[float, ...] | None = None,
-               metrics_cls: type[clu_metrics.Collection] = TrainMetrics
+def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
                ) -> tuple[TrainState, clu_metrics.Collection]:
-  """One optimizer step; `trainable` (one bool per params leaf, None: all) picks what trains.
+  """One optimizer step on the trainable parameters (`spec.trainable`).
 
-  The images are augmented and mixed (`augment_and_mix`; None: off), the
-  one-hot targets mixed alike, and `loss_fn(logits, soft targets)` averaged
-  over the batch. Under mixing, the metrics' `labels` are the dominant labels
+  The images are augmented and mixed (`augment_and_mix`), the one-hot targets
+  mixed alike, and `spec.loss_fn(logits, soft targets)` averaged over the
+  batch. Under mixing, the metrics' `labels` are the dominant labels
   (`metrics.train_metrics_class(mixing=True)` names the accuracies so).
 
-  Only the trainable leaves are differentiated: the frozen ones enter the loss
-  as constants, so the backward pass stops at the first trainable layer and
-  XLA never computes the frozen prefix's. Frozen leaves get zero gradients
-  (their optimizer is `optax.set_to_zero()`, so these are never used).
+  The params are split by `spec.trainable` and only the trainable part is
+  differentiated: the frozen part enters the loss as a constant, so the
+  backward pass stops at the first trainable layer and XLA never computes the
+  frozen prefix's. Frozen params get zero gradients, which their optimizer
+  (`optax.set_to_zero()`) never uses.
 
-  With `task_loss_weights`, the model's head is a `MultiTaskHead` and the loss
-  is the weighted sum of the per-task losses, each task's targets mixed with
-  the same lambdas.
+  With `spec.task_loss_weights`, the model's head is a `MultiTaskHead` and the
+  loss is the weighted sum of the per-task losses, each task's targets mixed
+  with the same lambdas.
   """
-  images, draw = augment_and_mix(state.rng, state.step, batch['image'],
-                                 augment_config=augment_config, mixup=mixup)
-  images = normalize(images, mean, std, dtype)
-  labels = batch['label']
-  leaves, treedef = jax.tree.flatten(state.params)
-  trainable = trainable or (True,) * len(leaves)
-  if len(trainable) != len(leaves):
-    raise ValueError(f'trainable mask has {len(trainable)} entries for {len(leaves)} parameters')
+  images, draw = augment_and_mix(state.rng, state.step, batch['image'], augment_config=spec.augment,
+                                 mixup=spec.mixup)
+  images = normalize(images, spec.mean, spec.std, jnp.dtype(spec.dtype))
+  trainable, frozen = nnx.split_state(state.params, spec.trainable or nnx.Everything(), ...)
 
-  def loss_fn_of(trainable_leaves):
-    it = iter(trainable_leaves)
-    params = jax.tree.unflatten(
-        treedef, [next(it) if t else jax.lax.stop_gradient(p) for p, t in zip(leaves, trainable)])
-    model = nnx.merge(graphdef, params, state.model_state, copy=True)
-    if task_loss_weights is None:
-      logits = model(images).astype(jnp.float32)
-      targets = {'class': jax.nn.one_hot(labels, logits.shape[-1])}
-    else:
-      head = get_submodule(model, model.head_name)
-      targets = {'class': jax.nn.one_hot(labels, len(head.class_tasks)),
-                 'tasks': task_targets(head, labels)}
-    dominant = {'class': labels}
-    if draw is not None:
-      targets, dominant = mix_targets(draw, targets)
-    if task_loss_weights is None:
-      loss = loss_fn(logits, targets['class']).mean()
-    else:
-      loss, logits = multitask_loss(model, images, targets['tasks'], task_loss_weights, loss_fn)
-    return loss, (logits, dominant['class'], nnx.split(model, nnx.Param, ...)[2])
+  def loss_of(trainable):
+    model = nnx.merge(spec.train_graph, trainable, frozen, state.model_state, copy=True)
+    loss, logits, labels = _loss_and_logits(model, images, batch['label'], draw, spec)
+    return loss, (logits, labels, nnx.split(model, nnx.Param, ...)[2])
 
-  (loss, (logits, metric_labels, model_state)), trainable_grads = jax.value_and_grad(
-      loss_fn_of, has_aux=True)([p for p, t in zip(leaves, trainable) if t])
-  it = iter(trainable_grads)
-  grads = jax.tree.unflatten(
-      treedef, [next(it) if t else jnp.zeros_like(p) for p, t in zip(leaves, trainable)])
-  learning_rate = learning_rate_fn(state.step) * state.lr_scale
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  # The optimizers run at unit learning rate (`optim.create_optimizer`).
-  updates = jax.tree.map(lambda u: learning_rate * u, updates)
+  (loss, (logits, metric_labels, model_state)), grads = jax.value_and_grad(
+      loss_of, has_aux=True)(trainable)
+  all_grads = nnx.merge_state(grads, jax.tree.map(jnp.zeros_like, frozen))
+  updates, opt_state = spec.tx.update(all_grads, state.opt_state, state.params)
   updated = state.replace(params=optax.apply_updates(state.params, updates),
                           model_state=model_state, opt_state=opt_state)
   # A non-finite loss or gradient never reaches the state: the step leaves it
   # as it was (the loop stops or skips on `nonfinite_step`).
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(trainable_grads))
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   new_state = new_state.replace(step=state.step + 1)
-  step_metrics = metrics_cls.single_from_model_output(
-      loss=loss, logits=logits, labels=metric_labels, learning_rate=learning_rate,
+  step_metrics = spec.train_metrics_cls.single_from_model_output(
+      loss=loss, logits=logits, labels=metric_labels,
+      learning_rate=optim.learning_rate(opt_state),
       nonfinite_step=jnp.where(finite, NO_STEP, state.step + 1))
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-              metrics_cls: type[clu_metrics.Collection], mean: Sequence[float],
-              std: Sequence[float], dtype: jnp.dtype) -> clu_metrics.Collection:
+def _loss_and_logits(model, images, labels, draw, spec: StepSpec):
+  """(mean loss, float32 logits, labels for the metrics) of one batch, targets mixed by `draw`."""
+  if spec.task_loss_weights is None:
+    logits = model(images).astype(jnp.float32)
+    targets = {'class': jax.nn.one_hot(labels, logits.shape[-1])}
+  else:
+    head = get_submodule(model, model.head_name)
+    targets = {'class': jax.nn.one_hot(labels, len(head.class_tasks)),
+               'tasks': task_targets(head, labels)}
+  dominant = {'class': labels}
+  if draw is not None:
+    targets, dominant = mix_targets(draw, targets)
+  if spec.task_loss_weights is None:
+    loss = spec.loss_fn(logits, targets['class']).mean()
+  else:
+    loss, logits = multitask_loss(model, images, targets['tasks'], spec.task_loss_weights,
+                                  spec.loss_fn)
+  return loss, logits, dominant['class']
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array],
+              spec: StepSpec) -> clu_metrics.Collection:
   """Metrics of one padded batch; `batch['mask']` hides the padding.
 
   The loss is the plain cross-entropy whatever the training loss, so
   validation losses compare across losses, smoothing and class weights.
   """
-  model = nnx.merge(graphdef, state.params, state.model_state)
-  logits = model(normalize(batch['image'], mean, std, dtype)).astype(jnp.float32)
+  model = nnx.merge(spec.eval_graph, state.params, state.model_state)
+  logits = model(normalize(batch['image'], spec.mean, spec.std,
+                           jnp.dtype(spec.dtype))).astype(jnp.float32)
   loss = losses.cross_entropy(logits, jax.nn.one_hot(batch['label'], logits.shape[-1]))
-  return metrics_cls.single_from_model_output(
+  return spec.metrics_cls.single_from_model_output(
       loss=loss, logits=logits, labels=batch['label'], mask=batch['mask'])
 
 
@@ -221,36 +255,10 @@ def _static_mixup(mixup: Mixup | None) -> Mixup | None:
   return mixup if mixup is not None and mixup.enabled else None
 
 
-def jit_steps(train_graph, eval_graph, tx, learning_rate_fn, metrics_cls, *, mean, std, dtype,
-              label_smoothing=0.0, loss_fn=None, augment_config=None, mixup=None,
-              trainable=None, task_loss_weights=None,
-              train_metrics_cls=None) -> tuple[Callable, Callable]:
-  """Binds the static arguments and jits; the train state's buffers are donated.
-
-  A fine-tuning phase (its frozen groups, `trainable` mask, optimizer and
-  train graph) is static here: a schedule re-jits once per phase. So are
-  `augment_config` (`config.data.augment`, read when tracing) and `mixup`.
-  `loss_fn` (`losses.make_loss_fn`) holds any label smoothing; without it,
-  the loss is cross-entropy smoothed by `label_smoothing`.
-  `train_metrics_cls` None: `metrics.train_metrics_class(mixing=...)`.
-  """
-  if loss_fn is None:
-    loss_fn = losses.make_loss_fn('cross_entropy', label_smoothing=label_smoothing)
-  elif label_smoothing:
-    raise ValueError('label_smoothing: give it to make_loss_fn, which built loss_fn')
-  mixup = _static_mixup(mixup)
-  if train_metrics_cls is None:
-    train_metrics_cls = train_metrics_class(mixing=mixup is not None)
-  common = dict(mean=tuple(mean), std=tuple(std), dtype=jnp.dtype(dtype))
-  train = jax.jit(
-      lambda s, b: train_step(s, b, graphdef=train_graph, tx=tx, learning_rate_fn=learning_rate_fn,
-                              loss_fn=loss_fn, augment_config=_static_augment(augment_config),
-                              mixup=mixup, trainable=trainable,
-                              task_loss_weights=task_loss_weights, metrics_cls=train_metrics_cls,
-                              **common),
-      donate_argnums=0)
-  evaluate = jax.jit(lambda s, b: eval_step(s, b, graphdef=eval_graph, metrics_cls=metrics_cls,
-                                            **common))
+def jit_steps(spec: StepSpec) -> tuple[Callable, Callable]:
+  """(train step, eval step) of `spec`, jitted; the train state's buffers are donated."""
+  train = jax.jit(lambda state, batch: train_step(state, batch, spec), donate_argnums=0)
+  evaluate = jax.jit(lambda state, batch: eval_step(state, batch, spec))
   return train, evaluate
 
 
