@@ -21,6 +21,7 @@ FLAG_SETS=(
   "--xla_cpu_multi_thread_eigen=false"
   "--xla_cpu_enable_concurrency_optimized_scheduler=true"
 )
+here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp -d)
 for round in $(seq "$ROUNDS"); do
   for i in "${!FLAG_SETS[@]}"; do

@@ -13,6 +13,10 @@ import sys
 
 from absl import app, flags
 
+from jaxcls.models.registry import create_model_with_info
+from jaxcls.pretrained import checkpoint_files, store
+from jaxcls.pretrained.convert import CheckpointMismatchError
+
 _MODEL = flags.DEFINE_string('model', None, 'Architecture, e.g. resnet50 (see jaxcls.models); '
                              'a tag or Hub repo in --src names it.')
 _SRC = flags.DEFINE_string('src', None, 'A pretrained tag (efficientnet_lite0.tf_in1k), '
@@ -31,9 +35,6 @@ flags.mark_flags_as_required(['src', 'out'])
 
 def main(argv):
   del argv
-  from jaxcls.models.registry import create_model_with_info  # pylint: disable=g-import-not-at-top
-  from jaxcls.pretrained import checkpoint_files, store  # pylint: disable=g-import-not-at-top
-  from jaxcls.pretrained.convert import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
   errors = (checkpoint_files.CheckpointFileError, CheckpointMismatchError,
             store.PretrainedSourceError, FileNotFoundError, KeyError, ValueError)
   try:

@@ -11,6 +11,7 @@ import sys
 
 from jaxcls.models import list_models
 from jaxcls.pretrained import registry
+from jaxcls.pretrained import store
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -40,7 +41,6 @@ def main(argv=None) -> int:
   parser.add_argument('--fetch', metavar='TAG', help="download a tag's weights into the cache")
   args = parser.parse_args(argv)
   if args.fetch:
-    from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
     try:
       weights = store.resolve(args.fetch)
     except (KeyError, FileNotFoundError, store.PretrainedSourceError) as e:

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics
 
+from jaxcls.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Tasks:
@@ -46,7 +48,6 @@ def tasks_from_class_names(class_names: Sequence[str], names: Sequence[str],
   for class_name in class_names:
     split = class_name.split(separator)
     if len(split) != len(names):
-      from jaxcls.errors import ConfigError  # pylint: disable=g-import-not-at-top
       raise ConfigError(
           f'config.tasks.names={tuple(names)}: class {class_name!r} does not split into '
           f'{len(names)} values at {separator!r} (config.tasks.separator)')

@@ -228,15 +228,7 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
     raise ValueError(f'data.source folder {path!r} is not a directory.')
-  children = {d.lower(): d for d in os.listdir(root)
-              if os.path.isdir(os.path.join(root, d))}
-  split_dirs = {'train': children.get('train'),
-                'val': next((children[n] for n in _VAL_NAMES
-                             if n in children), None),
-                'test': children.get('test')}
-  if split_dirs['train'] is None and (split_dirs['val'] or split_dirs['test']):
-    raise ValueError(f'Folder {root} has val/test sub-folders but no train '
-                     'sub-folder.')
+  split_dirs = _split_folders(root)
   pre_split = split_dirs['train'] is not None
   train_root = os.path.join(root, split_dirs['train']) if pre_split else root
   skipped = []
@@ -246,6 +238,44 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
     if pre_split and split_dirs[name] is not None:
       listed[name] = _held_out_folder(os.path.join(root, split_dirs[name]), class_names,
                                       skipped)
+  readable, checks, report = _readable_files(data_config, workdir, root, listed, skipped)
+  class_names, have, remap = _sources_of_used_classes(readable, class_names, split_dirs,
+                                                      train_root, report)
+  _test_is_val(data_config, have, f'{root} (train/ and {split_dirs["val"]}/, no test/)')
+  missing = tuple(n for n in ('val', 'test') if have[n] is None)
+  if missing:
+    files, labels = readable['train']
+    keys = [os.path.relpath(f, root).replace(os.sep, '/') for f in files]
+    labels = np.asarray([remap[l] for l in labels], np.int32)
+    parts = _carve(data_config, workdir, labels, missing, keys=keys)
+    for name, idx in parts.items():
+      have[name] = ImageFileSource([files[i] for i in idx], labels[idx])
+  dataset = Dataset(class_names, **have)
+  report['duplicates_across_splits'] = _duplicates_across_splits(dataset, checks, root)
+  if report['duplicates_across_splits']:
+    logging.warning('%d identical files appear in two splits (listed in data_report.json), '
+                    'e.g. %s', len(report['duplicates_across_splits']),
+                    report['duplicates_across_splits'][0])
+  _write_report(workdir, {**report, **split_summary(dataset)})
+  return dataset
+
+
+def _split_folders(root: str) -> dict[str, str | None]:
+  """{'train', 'val', 'test'} -> the sub-folder of `root` holding that split, None if none."""
+  children = {d.lower(): d for d in os.listdir(root)
+              if os.path.isdir(os.path.join(root, d))}
+  split_dirs = {'train': children.get('train'),
+                'val': next((children[n] for n in _VAL_NAMES if n in children), None),
+                'test': children.get('test')}
+  if split_dirs['train'] is None and (split_dirs['val'] or split_dirs['test']):
+    raise ValueError(f'Folder {root} has val/test sub-folders but no train '
+                     'sub-folder.')
+  return split_dirs
+
+
+def _readable_files(data_config, workdir, root: str, listed: dict, skipped: list):
+  """({split: (readable files, their labels)}, the scan's checks, the data report so far);
+  raises when more than `max_bad_fraction` of the image files cannot be read."""
   checks = scan.scan_files([f for fs, _ in listed.values() for f in fs], workdir,
                            num_threads=max(data_config.num_threads, 1))
   # Files named as images that do not decode count against max_bad_fraction;
@@ -268,15 +298,21 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
   readable = {name: ([f for f in fs if not checks[f].error],
                      np.asarray([l for f, l in zip(fs, ls) if not checks[f].error], np.int32))
               for name, (fs, ls) in listed.items()}
+  return readable, checks, report
+
+
+def _sources_of_used_classes(readable: dict, class_names, split_dirs, train_root: str,
+                             report: dict):
+  """(class names, {split: ImageFileSource or None}, old label -> new): only folders that
+  hold readable train images are classes."""
   files, labels = readable['train']
-  # Only folders that hold readable images are classes.
   used = sorted(set(labels.tolist()))
   empty = [c for i, c in enumerate(class_names) if i not in used]
   if empty:
     logging.warning('class folder(s) %s under %s hold no readable image: not classes', empty,
                     train_root)
     report['empty_class_folders'] = empty
-  class_names = tuple(class_names[i] for i in used)
+  names = tuple(class_names[i] for i in used)
   remap = {old: new for new, old in enumerate(used)}
   if not files:
     raise ValueError(f'No readable images ({", ".join(IMAGE_EXTENSIONS)}) in class '
@@ -290,22 +326,7 @@ def _load_folder(data_config, workdir, path: str) -> Dataset:
         raise ValueError(f'{split_dirs[name]}/ has images of class(es) {orphans}, whose train '
                          'folder holds no readable image')
       have[name] = ImageFileSource(held_files, [remap[l] for l in held_labels])
-  _test_is_val(data_config, have, f'{root} (train/ and {split_dirs["val"]}/, no test/)')
-  missing = tuple(n for n in ('val', 'test') if have[n] is None)
-  if missing:
-    keys = [os.path.relpath(f, root).replace(os.sep, '/') for f in files]
-    labels = np.asarray([remap[l] for l in labels], np.int32)
-    parts = _carve(data_config, workdir, labels, missing, keys=keys)
-    for name, idx in parts.items():
-      have[name] = ImageFileSource([files[i] for i in idx], labels[idx])
-  dataset = Dataset(class_names, **have)
-  report['duplicates_across_splits'] = _duplicates_across_splits(dataset, checks, root)
-  if report['duplicates_across_splits']:
-    logging.warning('%d identical files appear in two splits (listed in data_report.json), '
-                    'e.g. %s', len(report['duplicates_across_splits']),
-                    report['duplicates_across_splits'][0])
-  _write_report(workdir, {**report, **split_summary(dataset)})
-  return dataset
+  return names, have, remap
 
 
 def _test_is_val(data_config, have: dict, what: str) -> None:

@@ -24,16 +24,20 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from absl import logging
 from scipy import special
 
 from jaxcls import data
 from jaxcls.config import default_config
-from jaxcls.errors import ConfigError
 from jaxcls.data import transforms
-from jaxcls.evaluation.report import write_report
 from jaxcls.data.label_tasks import tasks_from_class_names
+from jaxcls.errors import ConfigError
+from jaxcls.evaluation import gradcam as explain
+from jaxcls.evaluation.reopen import load_run
+from jaxcls.evaluation.report import write_report
+from jaxcls.training.checkpointing import Checkpointer
 
 SPLITS = ('train', 'val', 'test')
 
@@ -119,7 +123,6 @@ def training_history(workdir: Path, config) -> tuple[list[dict], int | None]:
   if results_file.is_file():
     results = json.loads(results_file.read_text())
     return results.get('history', []), results.get('best_epoch')
-  from jaxcls.training.checkpointing import Checkpointer  # pylint: disable=g-import-not-at-top
   checkpointer = Checkpointer(str(workdir / 'checkpoints'), config.checkpoint)
   try:
     latest = checkpointer.latest_step()
@@ -202,7 +205,33 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
   Returns the keyword arguments of `jaxcls.evaluation.report.write_report` (less the
   output folders) plus 'step', the (first) checkpoint's step.
   """
-  from jaxcls.evaluation.reopen import load_run  # pylint: disable=g-import-not-at-top
+  workdirs = _checked_workdirs(workdirs, split)
+  settings = evaluation_settings(load_run_config(workdirs[0]), tta_flip, tta_crops,
+                                 top_k_checkpoints)
+  if settings['top_k_checkpoints'] > 1 and step != 'best':
+    raise ValueError(f'evaluate.top_k_checkpoints={settings["top_k_checkpoints"]} ranks the '
+                     f'checkpoints itself; it cannot be combined with step={step!r}')
+  runs, run_dirs, source, notes = _members(workdirs, split, step, settings['top_k_checkpoints'])
+  results, primary, labels, tta_name = _predictions(workdirs, run_dirs, runs, source, settings)
+  resize = transforms.Resize.from_config(runs[0].config.data)
+
+  def images(indices):
+    return np.stack([resize.map({'image': np.asarray(source[int(i)]['image'])})['image']
+                     for i in indices])
+
+  names = _display_names(workdirs)
+  histories = {names[w]: training_history(w, load_run_config(w)) for w in workdirs}
+  tasks = tasks_from_class_names(runs[0].class_names, runs[0].config.tasks.names,
+                                 runs[0].config.tasks.separator)
+  return dict(split=split, class_names=runs[0].class_names, labels=labels, results=results,
+              primary=primary, images=images, histories=histories, notes=notes, tasks=tasks,
+              step=runs[0].step,
+              info=dict(workdirs=[str(w) for w in workdirs],
+                        checkpoints=[f'{w}@{r.step}' for w, r in zip(run_dirs, runs)],
+                        tta=tta_name or None, settings=settings))
+
+
+def _checked_workdirs(workdirs, split: str) -> list[Path]:
   if split not in SPLITS:
     raise ValueError(f'split {split!r}: expected one of {SPLITS}')
   workdirs = [Path(w) for w in workdirs]
@@ -214,13 +243,18 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
   repeated = {str(w) for w in workdirs if sum(w.resolve() == v.resolve() for v in workdirs) > 1}
   if repeated:
     raise ValueError(f'workdir {", ".join(sorted(repeated))} given more than once')
-  first_config = load_run_config(workdirs[0])
-  settings = evaluation_settings(first_config, tta_flip, tta_crops, top_k_checkpoints)
-  top_k = settings['top_k_checkpoints']
-  if top_k > 1 and step != 'best':
-    raise ValueError(f'evaluate.top_k_checkpoints={top_k} ranks the checkpoints itself; '
-                     f'it cannot be combined with step={step!r}')
+  return workdirs
 
+
+def _display_names(workdirs: Sequence[Path]) -> dict[Path, str]:
+  """Folder names, unless two runs share one: then the paths."""
+  unique = len({w.name for w in workdirs}) == len(workdirs)
+  return {w: w.name if unique else str(w) for w in workdirs}
+
+
+def _members(workdirs, split: str, step, top_k: int):
+  """(reopened runs, the workdir of each, the split's source, notes): one run per checkpoint,
+  the top `top_k` of each workdir by validation when `top_k` > 1."""
   notes, runs, datasets, run_dirs = [], [], [], []
   for workdir in workdirs:
     config = load_run_config(workdir)
@@ -235,26 +269,29 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
       datasets.append(dataset)
       run_dirs.append(workdir)
   _check_same_split(run_dirs, runs, datasets, split)
-
   source = getattr(datasets[0], split)
   if len(source) == 0:
     raise ValueError(f'the {split} split of {workdirs[0]} is empty')
+  return runs, run_dirs, source, notes
+
+
+def _predictions(workdirs, run_dirs, runs, source, settings):
+  """({name: {'probabilities': ...}} of each member, its TTA and their ensembles; the primary
+  result's name; the labels; the TTA's description, '' without)."""
   tta = settings['tta_flip'] or settings['tta_crops'] > 1
   tta_name = ', '.join(([f'{settings["tta_crops"]} crops'] if settings['tta_crops'] > 1 else [])
                        + (['flip'] if settings['tta_flip'] else []))
+  names = _display_names(workdirs)
   plain, augmented, labels = {}, {}, None
   for workdir, run in zip(run_dirs, runs):
     name = f'step {run.step} (epoch {run.epoch})'
     if len(workdirs) > 1:
-      # Folder names, unless two runs share one.
-      unique = len({w.name for w in workdirs}) == len(workdirs)
-      name = f'{workdir.name if unique else workdir}: {name}'
+      name = f'{names[workdir]}: {name}'
     plain[name], labels = predict(run, source)
     if tta:
       augmented[name] = predict(run, source, tta_views(
           settings['tta_flip'], settings['tta_crops'], _crop_padding(run.config)))[0]
     logging.info('%s accuracy %.4f', name, float((plain[name].argmax(-1) == labels).mean()))
-
   results = {}
   for name in plain:
     results[name] = {'probabilities': plain[name]}
@@ -263,32 +300,12 @@ def evaluate(workdirs: Sequence[str | Path], *, split: str = 'test', step: int |
   primary = next(iter(plain))
   if len(plain) > 1:
     members = list(plain)
-    ensemble_name = f'ensemble of {len(members)}'
-    results[ensemble_name] = {'probabilities': ensemble(list(plain.values())), 'members': members}
-    primary = ensemble_name
+    primary = f'ensemble of {len(members)}'
+    results[primary] = {'probabilities': ensemble(list(plain.values())), 'members': members}
     if tta:
-      results[f'{ensemble_name} + TTA'] = {'probabilities': ensemble(list(augmented.values())),
-                                           'members': members, 'tta': tta_name}
-  if tta:
-    primary = f'{primary} + TTA'
-
-  resize = transforms.Resize.from_config(runs[0].config.data)
-
-  def images(indices):
-    return np.stack([resize.map({'image': np.asarray(source[int(i)]['image'])})['image']
-                     for i in indices])
-
-  unique = len({w.name for w in workdirs}) == len(workdirs)
-  histories = {(w.name if unique else str(w)): training_history(w, load_run_config(w))
-               for w in workdirs}
-  tasks = tasks_from_class_names(runs[0].class_names, runs[0].config.tasks.names,
-                                 runs[0].config.tasks.separator)
-  return dict(split=split, class_names=runs[0].class_names, labels=labels, results=results,
-              primary=primary, images=images, histories=histories, notes=notes, tasks=tasks,
-              step=runs[0].step,
-              info=dict(workdirs=[str(w) for w in workdirs],
-                        checkpoints=[f'{w}@{r.step}' for w, r in zip(run_dirs, runs)],
-                        tta=tta_name or None, settings=settings))
+      results[f'{primary} + TTA'] = {'probabilities': ensemble(list(augmented.values())),
+                                     'members': members, 'tta': tta_name}
+  return results, f'{primary} + TTA' if tta else primary, labels, tta_name
 
 
 def _crop_padding(config) -> int:
@@ -296,7 +313,6 @@ def _crop_padding(config) -> int:
 
 
 def load_run_config(workdir: Path):
-  import ml_collections  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(json.loads((Path(workdir) / 'config.json').read_text()))
 
 
@@ -331,8 +347,6 @@ def report_finished_run(workdir: str | Path) -> None:
 
 def write_gradcam_section(workdir: str | Path, num_images: int = 8) -> Path:
   """report/gradcam.png: where the best checkpoint looks, on the first test images."""
-  from jaxcls.evaluation import gradcam as explain  # pylint: disable=g-import-not-at-top
-  from jaxcls.evaluation.reopen import load_run  # pylint: disable=g-import-not-at-top
   run = load_run(workdir)
   dataset = data.load_dataset(run.config.data, str(workdir))
   batch = next(data.eval_batches(dataset.test, run.config.data, global_batch_size=num_images))

@@ -22,7 +22,8 @@ import numpy as np
 
 from jaxcls.data.decode import IMAGE_EXTENSIONS, decode_image
 from jaxcls.data.transforms import resize
-from jaxcls.pretrained import imagenet
+from jaxcls.models.registry import create_model_with_info
+from jaxcls.pretrained import imagenet, store
 
 
 
@@ -53,8 +54,6 @@ def imagenet_accuracy(pretrained: str, folder: str | Path, *, per_class: int = 0
                       batch_size: int = 50, model_name: str | None = None,
                       mean=None, std=None, interpolation: str | None = None) -> dict:
   """Top-1/top-5 of the weights' unchanged 1000-way head on the photos under `folder`."""
-  from jaxcls.models.registry import create_model_with_info  # pylint: disable=g-import-not-at-top
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
   arch = store.resolve(pretrained, None if store.names_architecture(pretrained)
                        else model_name).info.arch
   model, info = create_model_with_info(arch, 1000, pretrained=pretrained)

@@ -7,6 +7,10 @@ from absl import logging
 from flax import nnx
 
 from jaxcls.models.conv import set_conv_lowering
+from jaxcls.models import heads
+from jaxcls.pretrained import registry as tags
+from jaxcls.pretrained import store
+from jaxcls.pretrained.convert import match_layout
 
 _MODELS: dict[str, Callable[..., nnx.Module]] = {}
 # name -> {checkpoint layout: constructor arguments that layout's weights need}.
@@ -78,12 +82,10 @@ def create_model_with_info(name: str, num_classes: int = 1000, *, seed: int = 0,
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1, got {num_classes}')
   if pretrained is True:
-    from jaxcls.pretrained import registry as tags  # pylint: disable=g-import-not-at-top
     pretrained = name if tag else tags.default_tag(arch)
   if not pretrained:
     model = _MODELS[arch](num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
     return set_conv_lowering(model, conv_lowering), None
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
   weights = store.resolve(str(pretrained), arch)
   state = store.read_state(weights)
   needed = weights_arch_kwargs(arch, weights, state, **kwargs)
@@ -112,8 +114,6 @@ def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
   constructor, by_layout = _MODELS[arch], _LAYOUT_ARCH_KWARGS.get(arch)
   if not by_layout:
     return {}
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
-  from jaxcls.pretrained.convert import match_layout  # pylint: disable=g-import-not-at-top
   state = store.read_state(weights) if state is None else state
   kwargs = {k: v for k, v in kwargs.items() if k not in ('dtype',)}
   abstract = nnx.eval_shape(lambda: constructor(num_classes=1, rngs=nnx.Rngs(0), **kwargs))
@@ -146,7 +146,6 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
   Pretrained weights load into the architecture's own head first (kept when
   the classes match), then a configured MLP or multi-task head replaces it.
   """
-  from jaxcls.models import heads  # pylint: disable=g-import-not-at-top
   # A run's saved config.json from before model.conv_lowering existed has no such field.
   kwargs = dict(dtype=model_config.dtype,
                 conv_lowering=model_config.get('conv_lowering', 'auto'))
