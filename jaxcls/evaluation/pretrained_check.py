@@ -1,15 +1,9 @@
-"""Checks ImageNet weights and their preprocessing on photos of known ImageNet classes.
+"""ImageNet top-1/top-5 of pretrained weights, preprocessed as they say, on photos of known classes.
 
-    python -m jaxcls.cli.check_pretrained --pretrained efficientnet_lite0.tf_in1k \
-        --images ../shared/data/imagenette2-224-val/val [--per_class 50] [--mean imagenet]
-
-`--images` is a folder with one sub-folder per ImageNet class, named by its
-WordNet id (Imagenette's layout: n01440764/, n02102040/, ...). The unchanged
-1000-way head classifies every photo, preprocessed as the weights say (input
-size, resize, interpolation, mean, std; `--mean`, `--std`, `--interpolation`
-override one to see what a wrong one costs), and the top-1/top-5 accuracy over
-all 1000 classes is printed per class and overall. A converted checkpoint whose
-accuracy is far below its published figure has wrong weights or preprocessing.
+A folder with one sub-folder per ImageNet class named by its WordNet id
+(Imagenette's layout) is classified by the unchanged 1000-way head; a
+converted checkpoint far below its published accuracy has wrong weights or
+preprocessing. `python -m jaxcls.cli.check_pretrained` is the program.
 """
 
 import concurrent.futures
