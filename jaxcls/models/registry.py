@@ -6,7 +6,12 @@ from collections.abc import Callable
 from absl import logging
 from flax import nnx
 
-from jaxcls.models.conv import set_conv_lowering
+from jaxcls.errors import ConfigProblems, either
+from jaxcls.models import heads
+from jaxcls.models.conv import LOWERINGS, set_conv_lowering
+from jaxcls.pretrained import registry as tags
+from jaxcls.pretrained import store
+from jaxcls.pretrained.convert import match_layout
 
 _MODELS: dict[str, Callable[..., nnx.Module]] = {}
 # name -> {checkpoint layout: constructor arguments that layout's weights need}.
@@ -78,12 +83,10 @@ def create_model_with_info(name: str, num_classes: int = 1000, *, seed: int = 0,
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1, got {num_classes}')
   if pretrained is True:
-    from jaxcls.pretrained import registry as tags  # pylint: disable=g-import-not-at-top
     pretrained = name if tag else tags.default_tag(arch)
   if not pretrained:
     model = _MODELS[arch](num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
     return set_conv_lowering(model, conv_lowering), None
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
   weights = store.resolve(str(pretrained), arch)
   state = store.read_state(weights)
   needed = weights_arch_kwargs(arch, weights, state, **kwargs)
@@ -112,8 +115,6 @@ def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
   constructor, by_layout = _MODELS[arch], _LAYOUT_ARCH_KWARGS.get(arch)
   if not by_layout:
     return {}
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
-  from jaxcls.pretrained.convert import match_layout  # pylint: disable=g-import-not-at-top
   state = store.read_state(weights) if state is None else state
   kwargs = {k: v for k, v in kwargs.items() if k not in ('dtype',)}
   abstract = nnx.eval_shape(lambda: constructor(num_classes=1, rngs=nnx.Rngs(0), **kwargs))
@@ -127,6 +128,29 @@ def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
 
 # config.model fields that are constructor arguments of some families only, when set.
 ARCH_FIELDS = ('padding', 'batch_norm_epsilon')
+
+
+DTYPES = ('float32', 'bfloat16')
+HEADS = ('linear', 'mlp')
+
+
+def config_errors(model_config) -> list[str]:
+  """What is wrong with `config.model` (`model_from_config` builds it)."""
+  c, p = model_config, ConfigProblems('model', model_config)
+  p.check(c.name in list_models(), 'name', f'known models: {", ".join(list_models())}')
+  p.check(c.width >= 0, 'width', 'must be >= 0 (0: the architecture\'s own)')
+  p.check(c.dtype in DTYPES, 'dtype', f'expected {either(DTYPES)}')
+  p.check(c.head in HEADS, 'head', f'expected {either(HEADS)}')
+  p.check(c.conv_lowering in LOWERINGS, 'conv_lowering', f'expected one of {LOWERINGS}')
+  p.check(c.head_hidden >= 1, 'head_hidden', 'must be >= 1')
+  p.check(c.padding in ('', 'same', 'symmetric'), 'padding',
+          "expected 'same', 'symmetric' or empty (the weights')")
+  p.check(c.batch_norm_epsilon >= 0, 'batch_norm_epsilon', 'must be >= 0 (0: automatic)')
+  for field in ARCH_FIELDS:
+    p.check(not c[field] or c.name.startswith('efficientnet'), field,
+            f'only EfficientNets take it, not {c.name}')
+  p.check(0 <= c.head_dropout < 1, 'head_dropout', 'must be in [0, 1)')
+  return p
 
 
 def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
@@ -146,7 +170,6 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
   Pretrained weights load into the architecture's own head first (kept when
   the classes match), then a configured MLP or multi-task head replaces it.
   """
-  from jaxcls.models import heads  # pylint: disable=g-import-not-at-top
   # A run's saved config.json from before model.conv_lowering existed has no such field.
   kwargs = dict(dtype=model_config.dtype,
                 conv_lowering=model_config.get('conv_lowering', 'auto'))

@@ -28,7 +28,7 @@ from PIL import Image
 from jaxcls import data
 from jaxcls.training import finetune, losses, parallel
 from jaxcls.training.checkpointing import Checkpointer
-from jaxcls.errors import ConfigError
+from jaxcls.errors import ConfigError, ConfigProblems, either
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
 from jaxcls.data.mixing import Mixup
@@ -483,3 +483,22 @@ def _jsonable(value):
   if isinstance(value, (np.generic, jnp.ndarray)):
     return np.asarray(value).tolist()
   return str(value)
+
+
+# train.nonfinite: what a step whose loss or gradient is not finite does.
+NONFINITE_POLICIES = ('stop', 'skip')
+
+
+def config_errors(train_config: ml_collections.ConfigDict, device_count: int = 1) -> list[str]:
+  """What is wrong with `config.train`; the batches split evenly over `device_count` devices."""
+  c, p = train_config, ConfigProblems('train', train_config)
+  p.check(c.num_epochs >= 1, 'num_epochs', 'must be >= 1')
+  for field in ('batch_size', 'eval_batch_size'):
+    p.check(c[field] >= (1 if field == 'batch_size' else 0), field, 'must be positive')
+    p.check(c[field] % device_count == 0, field,
+            f'must be divisible by the device count ({device_count})')
+  for field, why in losses.field_problems({'label_smoothing': c.label_smoothing}):
+    p.report(field, why)  # The loss's own rule: it does the smoothing.
+  p.check(c.log_every_steps >= 1, 'log_every_steps', 'must be >= 1')
+  p.check(c.nonfinite in NONFINITE_POLICIES, 'nonfinite', f'expected {either(NONFINITE_POLICIES)}')
+  return p
