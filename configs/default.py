@@ -158,15 +158,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --------------------------------------------------------------- model ---
   config.model = model = ml_collections.ConfigDict()
-  # A name from the `jaxcls.models` registry: resnet18/34/50/101/152 (the
-  # torchvision layout) or cifar_resnet20/32/56 (He et al. 2016, sec. 4.2).
+  # A name from the `jaxcls.models` registry (`python -m jaxcls.cli.models`
+  # lists them): resnet18/34/50/101/152 (the torchvision layout),
+  # cifar_resnet20/32/56 (He et al. 2016, sec. 4.2), vgg11/13/16/19 and their
+  # _bn variants, convnext_tiny/small/base/large, efficientnet_b0..b7,
+  # efficientnet_lite0..lite4, mobilenet_v2.
   model.name = 'cifar_resnet20'
-  # Channels of the first stage; 0: the architecture's own (16 for the CIFAR
-  # ResNets, 64 for the ImageNet ones). Narrow models train fast on CPU: at 8,
+  # Channels of the first stage (of the stem for EfficientNet and MobileNetV2,
+  # every layer scaling with it); 0: the architecture's own (16 for the CIFAR
+  # ResNets, 64 for the ImageNet ones and VGG, 96 or more for ConvNeXt, 32 for
+  # EfficientNet-B0 and MobileNetV2). Narrow models train fast on CPU: at 8,
   # this default reaches ~99% test accuracy on digits in two minutes on 2 cores.
   model.width = 8
   # Pretrained weights: a tag such as 'efficientnet_lite0.tf_in1k' (`python -m
-  # jaxcls.models --pretrained` lists them; fetched into the cache on first
+  # jaxcls.cli.models --pretrained` lists them; fetched into the cache on first
   # use), 'hf-hub:timm/REPO', a directory written by `python -m jaxcls.cli.convert`,
   # or a PyTorch .pth/.safetensors file converted on the fly. A tag, Hub repo or
   # converted directory also sets model.name (leave it and model.width at their
@@ -185,7 +190,8 @@ def get_config() -> ml_collections.ConfigDict:
   # and TPU and for the rest. 'xla': always XLA's (jaxcls/models/conv.py).
   model.conv_lowering = 'auto'
   # Classifier head: 'linear' (the architecture's own: one Linear for the
-  # ResNets and ConvNeXts, torchvision's three-layer classifier for VGG) or
+  # ResNets and ConvNeXts, dropout and a Linear for EfficientNet and
+  # MobileNetV2, torchvision's three-layer classifier for VGG) or
   # 'mlp' (pooled features -> Dense(head_hidden) -> ReLU -> Dropout(head_dropout)
   # -> Dense(classes)), freshly initialised on top of the pretrained backbone.
   model.head = 'linear'
@@ -205,11 +211,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --------------------------------------------------------- fine-tuning ---
   # Which parameter groups train, and how fast. Every model names its groups
-  # from input to output: ResNet stem, stage1..stage4, head; VGG block1..block5,
-  # head (its classifier); ConvNeXt stem, stage1..stage4, head; CIFAR ResNets
-  # stem, stage1..stage3, head. Frozen groups get no update and no weight
-  # decay, cost no backward pass, and their BatchNorm layers use (and keep)
-  # their running statistics.
+  # from input to output (each model's `group_patterns`): ResNet stem,
+  # stage1..stage4, head; CIFAR ResNets stem, stage1..stage3, head; VGG
+  # block1..block5, head (its classifier); ConvNeXt stem, stage1..stage4, head;
+  # EfficientNet (B0-B7, Lite0-4) and MobileNetV2 stem, stage1..stage7,
+  # conv_head (the 1x1 convolution to the pooled features), head. Frozen
+  # groups get no update and no weight decay, cost no backward pass, and their
+  # BatchNorm layers use (and keep) their running statistics.
   config.finetune = finetune = ml_collections.ConfigDict()
   # 'full': everything trains. 'feature_extraction': only the head (a linear or
   # MLP probe, see model.head). 'partial': the last `trainable_groups` groups

@@ -12,12 +12,14 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from jaxcls.errors import ConfigError
+from jaxcls.data import device_augment, label_tasks, mixing, pipeline
+from jaxcls.errors import ConfigError, ConfigProblems
+from jaxcls.models import registry
+from jaxcls.pretrained import store
+from jaxcls.pretrained.checkpoint_files import CheckpointFileError
+from jaxcls.training import checkpointing, finetune, loop, losses, optim, plateau
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
-
-BEST_METRICS = ('accuracy', 'loss', 'top5_accuracy')
-INTERPOLATIONS = ('bilinear', 'bicubic')
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -88,8 +90,6 @@ def _rounded(value, digits: int = 6):
 
 def _pretrained_info(config, notes: list[str]):
   """The weights `config.model.pretrained` names; model.name and width follow them."""
-  from jaxcls.pretrained import store  # pylint: disable=g-import-not-at-top
-  from jaxcls.pretrained.checkpoint_files import CheckpointFileError  # pylint: disable=g-import-not-at-top
   spec, model = str(config.model.pretrained), config.model
   defaults = default_config().model
   try:
@@ -108,8 +108,7 @@ def _pretrained_info(config, notes: list[str]):
     model.name = info.arch
     if model.width == defaults.width:  # The default's narrow width is for its own model.
       model.width = 0
-  from jaxcls.models.registry import weights_arch_kwargs  # pylint: disable=g-import-not-at-top
-  for field, value in weights_arch_kwargs(info.arch, weights).items():
+  for field, value in registry.weights_arch_kwargs(info.arch, weights).items():
     if not model.get(field):
       model[field] = value
     elif model[field] != value:
@@ -131,7 +130,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int = 1,
     except ConfigError as e:
       errors = [str(e)]
     else:
-      errors = _value_errors(config, device_count)
+      errors = value_errors(config, device_count)
   if errors:
     raise ConfigError('invalid config:\n  ' + '\n  '.join(errors))
 
@@ -166,164 +165,29 @@ def _type_ok(value, expected) -> bool:
   return isinstance(value, expected)
 
 
-def _finetune_errors(c) -> list[str]:
-  """The fine-tuning plan against the model's own parameter groups (built abstractly)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
+def value_errors(c: ml_collections.ConfigDict, device_count: int = 1) -> list[str]:
+  """Every impossible value of a schema-valid config with its automatic fields filled in.
 
-  from jaxcls.training import finetune  # pylint: disable=g-import-not-at-top
-  from jaxcls.models import create_model  # pylint: disable=g-import-not-at-top
-  kwargs = {'width': c.model.width} if c.model.width else {}
-  model = nnx.eval_shape(lambda: create_model(c.model.name, 2, **kwargs))
-  try:
-    finetune.plan_from_config(c.finetune, finetune.group_names(model), c.train.num_epochs)
-  except ConfigError as e:
-    return [str(e)]
-  return []
-
-
-def _value_errors(c, device_count: int) -> list[str]:
-  # Imported here: the schema check above must not depend on the registries.
-  from jaxcls.data.splits import parse_split  # pylint: disable=g-import-not-at-top
-  from jaxcls.models import list_models  # pylint: disable=g-import-not-at-top
-  from jaxcls.models.conv import LOWERINGS  # pylint: disable=g-import-not-at-top
-
-  errors = []
-
-  def check(ok, field, message):
-    if not ok:
-      value = c
-      for part in field.split('.'):
-        value = value[part]
-      errors.append(f'config.{field}={value!r}: {message}')
-
-  source = c.data.source
-  check(source == 'digits' or (source.startswith(('tfds:', 'folder:')) and
-                               len(source.split(':', 1)[1]) > 0),
-        'data.source', "expected 'digits', 'tfds:NAME' or 'folder:PATH'")
-  try:
-    kind, split = parse_split(tuple(c.data.split))
-    check(split[0] > 0, 'data.split', f'the train {kind[:-1]} must be positive')
-  except ValueError as e:
-    check(False, 'data.split', str(e))
-  check(c.data.missing_test in ('val', 'split'), 'data.missing_test', "expected 'val' or 'split'")
-  check(c.data.num_folds == 0 or c.data.num_folds >= 2, 'data.num_folds',
-        'must be 0 (off) or >= 2')
-  check(0 <= c.data.fold < max(c.data.num_folds, 1), 'data.fold',
-        f'must be in [0, data.num_folds={c.data.num_folds})' if c.data.num_folds else
-        'must be 0 when data.num_folds is 0 (k-fold off)')
-  check(c.data.image_size >= 0, 'data.image_size', 'must be positive (or 0: automatic)')
-  check(not (c.data.on_device and c.data.augment.random_resized_crop), 'data.on_device',
-        'cannot be combined with data.augment.random_resized_crop=True (it crops the source '
-        'image at full resolution, which the on-device set no longer holds)')
-  check(c.data.resize_size == 0 or c.data.resize_size >= c.data.image_size, 'data.resize_size',
-        'must be 0 or at least data.image_size (resize, then center-crop)')
-  check(len(c.data.mean) in (0, 3), 'data.mean', 'expected 3 channel means (or none: automatic)')
-  check(len(c.data.std) in (0, 3) and all(s > 0 for s in c.data.std), 'data.std',
-        'expected 3 positive channel stds (or none: automatic)')
-  check(c.data.interpolation in INTERPOLATIONS, 'data.interpolation',
-        f'expected one of {INTERPOLATIONS} (or empty: automatic)')
-  _check_augment(c.data.augment, check)
-  check(c.data.sampler in ('uniform', 'balanced'), 'data.sampler',
-        "expected 'uniform' or 'balanced'")
-  check(c.data.epoch_examples >= 0, 'data.epoch_examples',
-        'must be >= 0 (0: the train split\'s size)')
-  check(0 <= c.data.max_bad_fraction <= 1, 'data.max_bad_fraction', 'must be in [0, 1]')
-  check(c.data.num_workers >= 0, 'data.num_workers', 'must be >= 0')
-  check(c.data.num_threads >= 1, 'data.num_threads', 'must be >= 1')
-  check(c.data.prefetch >= 1, 'data.prefetch', 'must be >= 1')
-
-  check(c.model.name in list_models(), 'model.name', f'known models: {", ".join(list_models())}')
-  check(c.model.width >= 0, 'model.width', 'must be >= 0 (0: the architecture\'s own)')
-  check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', "expected 'float32' or 'bfloat16'")
-  check(c.model.head in ('linear', 'mlp'), 'model.head', "expected 'linear' or 'mlp'")
-  check(c.model.conv_lowering in LOWERINGS, 'model.conv_lowering', f'expected one of {LOWERINGS}')
-  check(c.model.head_hidden >= 1, 'model.head_hidden', 'must be >= 1')
-  check(c.model.padding in ('', 'same', 'symmetric'), 'model.padding',
-        "expected 'same', 'symmetric' or empty (the weights')")
-  check(c.model.batch_norm_epsilon >= 0, 'model.batch_norm_epsilon', 'must be >= 0 (0: automatic)')
-  for field in ('padding', 'batch_norm_epsilon'):
-    check(not c.model[field] or c.model.name.startswith('efficientnet'), f'model.{field}',
-          f'only EfficientNets take it, not {c.model.name}')
-  check(0 <= c.model.head_dropout < 1, 'model.head_dropout', 'must be in [0, 1)')
-  if c.model.name in list_models() and c.model.width >= 0:  # Else the model cannot be built.
-    errors += _finetune_errors(c)
-  check(c.tasks.mode in ('combined', 'heads'), 'tasks.mode', "expected 'combined' or 'heads'")
-  check(len(c.tasks.names) != 1, 'tasks.names', 'name two or more tasks, or none')
-  check(len(set(c.tasks.names)) == len(c.tasks.names), 'tasks.names', 'names must be distinct')
-  check(not c.tasks.loss_weights or len(c.tasks.loss_weights) == len(c.tasks.names),
-        'tasks.loss_weights', f'expected one weight per task in tasks.names={tuple(c.tasks.names)}')
-  check(all(w >= 0 for w in c.tasks.loss_weights), 'tasks.loss_weights', 'must be >= 0')
-  check(bool(c.tasks.separator), 'tasks.separator', 'must not be empty')
-
-  check(c.optimizer.name in ('sgd', 'adamw'), 'optimizer.name', "expected 'sgd' or 'adamw'")
-  check(c.optimizer.learning_rate > 0, 'optimizer.learning_rate', 'must be positive')
-  check(0 <= c.optimizer.momentum < 1, 'optimizer.momentum', 'must be in [0, 1)')
-  check(c.optimizer.weight_decay >= 0, 'optimizer.weight_decay', 'must be >= 0')
-  check(c.optimizer.schedule in ('cosine', 'step', 'constant'), 'optimizer.schedule',
-        "expected 'cosine', 'step' or 'constant'")
-  check(c.optimizer.warmup_epochs >= 0, 'optimizer.warmup_epochs', 'must be >= 0')
-  decay = list(c.optimizer.decay_epochs)
-  check(decay == sorted(decay) and all(e > c.optimizer.warmup_epochs for e in decay),
-        'optimizer.decay_epochs', 'must be increasing and after the warm-up')
-  check(c.optimizer.decay_factor > 0, 'optimizer.decay_factor', 'must be positive')
-
-  check(c.train.num_epochs >= 1, 'train.num_epochs', 'must be >= 1')
-  for field in ('batch_size', 'eval_batch_size'):
-    size = c.train[field]
-    check(size >= (1 if field == 'batch_size' else 0), f'train.{field}', 'must be positive')
-    check(size % device_count == 0, f'train.{field}',
-          f'must be divisible by the device count ({device_count})')
-  check(0 <= c.train.label_smoothing < 1, 'train.label_smoothing', 'must be in [0, 1)')
-  check(c.train.log_every_steps >= 1, 'train.log_every_steps', 'must be >= 1')
-  check(c.train.nonfinite in ('stop', 'skip'), 'train.nonfinite', "expected 'stop' or 'skip'")
-
-  _check_regularization(c, check)
-
-  check(c.evaluate.tta_crops in (1, 5), 'evaluate.tta_crops', 'expected 1 or 5')
-  check(c.evaluate.top_k_checkpoints >= 1, 'evaluate.top_k_checkpoints', 'must be >= 1')
-  check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
-  check(c.checkpoint.best_metric in BEST_METRICS, 'checkpoint.best_metric',
-        f'expected one of {BEST_METRICS}')
-  check(c.checkpoint.best_mode in ('max', 'min'), 'checkpoint.best_mode', "expected 'max' or 'min'")
-  return errors
+  Each group's rules live beside the code that consumes the group.
+  """
+  return [
+      *pipeline.config_errors(c.data), *device_augment.config_errors(c.data.augment),
+      *registry.config_errors(c.model),
+      *finetune.config_errors(c.finetune, c.model, c.train.num_epochs),
+      *label_tasks.config_errors(c.tasks), *optim.config_errors(c.optimizer),
+      *loop.config_errors(c.train, device_count), *mixing.config_errors(c.mixup),
+      *losses.config_errors(c.loss, c.tasks), *plateau.config_errors(c.plateau),
+      *plateau.early_stopping_config_errors(c.early_stopping),
+      *_evaluate_errors(c.evaluate), *checkpointing.config_errors(c.checkpoint),
+  ]
 
 
-def _check_augment(a, check) -> None:
-  """Value checks of `config.data.augment`; `check` records the failures."""
-  def interval(field, low=0.0, high=float('inf'), low_open=True):
-    value = tuple(a[field])
-    ok = (len(value) == 2 and value[0] <= value[1] and
-          (value[0] > low if low_open else value[0] >= low) and value[1] <= high)
-    bounds = f'{"(" if low_open else "["}{low:g}, {high:g}]'
-    check(ok, f'data.augment.{field}', f'expected (low, high) with low <= high, both in {bounds}')
-
-  def probability(field):
-    check(0 <= a[field] <= 1, f'data.augment.{field}', 'must be a probability in [0, 1]')
-
-  check(a.random_crop_padding >= 0, 'data.augment.random_crop_padding', 'must be >= 0')
-  interval('random_resized_crop_scale', high=1.0)
-  interval('random_resized_crop_ratio')
-  check(0 <= a.affine_degrees <= 180, 'data.augment.affine_degrees', 'must be in [0, 180]')
-  check(0 <= a.affine_translate <= 1, 'data.augment.affine_translate',
-        'must be in [0, 1] (a fraction of the side)')
-  interval('affine_scale')
-  check(0 <= a.affine_shear < 90, 'data.augment.affine_shear', 'must be in [0, 90) degrees')
-  for field in ('brightness', 'contrast', 'saturation', 'noise_std'):
-    check(a[field] >= 0, f'data.augment.{field}', 'must be >= 0 (0: off)')
-  check(0 <= a.hue <= 0.5, 'data.augment.hue', 'must be in [0, 0.5] (a fraction of a turn)')
-  for field in ('grayscale_prob', 'blur_prob', 'erasing_prob'):
-    probability(field)
-  interval('blur_sigma')
-  check(a.blur_kernel_size >= 3 and a.blur_kernel_size % 2 == 1, 'data.augment.blur_kernel_size',
-        'must be odd and >= 3')
-  interval('erasing_scale', high=1.0)
-  interval('erasing_ratio')
-  check(a.erasing_value <= 1, 'data.augment.erasing_value',
-        'must be <= 1 (a fill in [0, 1], or negative: random noise)')
-  check(a.policy in ('', 'randaugment', 'trivialaugment'), 'data.augment.policy',
-        "expected '', 'randaugment' or 'trivialaugment'")
-  check(a.policy_num_ops >= 1, 'data.augment.policy_num_ops', 'must be >= 1')
-  check(0 <= a.policy_magnitude <= 30, 'data.augment.policy_magnitude', 'must be in [0, 30]')
+def _evaluate_errors(evaluate_config) -> list[str]:
+  """`config.evaluate`'s checks: its consumer, `jaxcls.evaluation`, is above this module."""
+  p = ConfigProblems('evaluate', evaluate_config)
+  p.check(evaluate_config.tta_crops in (1, 5), 'tta_crops', 'expected 1 or 5')
+  p.check(evaluate_config.top_k_checkpoints >= 1, 'top_k_checkpoints', 'must be >= 1')
+  return p
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
@@ -337,44 +201,3 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_co
       raise ConfigError(f'config.{field}: unknown field')
     target[name] = value
   return config
-
-
-def _check_regularization(c, check) -> None:
-  """Value checks of `config.mixup`, `loss`, `plateau` and `early_stopping`."""
-  from jaxcls.training import losses  # pylint: disable=g-import-not-at-top
-  m = c.mixup
-  for field in ('mixup_alpha', 'cutmix_alpha'):
-    check(m[field] >= 0, f'mixup.{field}', 'must be >= 0 (0: off)')
-  for field in ('prob', 'switch_prob'):
-    check(0 <= m[field] <= 1, f'mixup.{field}', 'must be a probability in [0, 1]')
-  check(m.mode in ('batch', 'elem'), 'mixup.mode', "expected 'batch' or 'elem'")
-
-  loss = c.loss
-  check(loss.name in losses.LOSSES, 'loss.name', f'expected one of {losses.LOSSES}')
-  check(loss.focal_gamma >= 0, 'loss.focal_gamma', 'must be >= 0')
-  check(all(a >= 0 for a in loss.focal_alpha), 'loss.focal_alpha', 'must be >= 0')
-  check(loss.class_weights in ('none', *losses.CLASS_WEIGHTINGS), 'loss.class_weights',
-        f"expected 'none' or one of {losses.CLASS_WEIGHTINGS}")
-  check(0 <= loss.class_weights_beta < 1, 'loss.class_weights_beta', 'must be in [0, 1)')
-  heads = bool(c.tasks.names) and c.tasks.mode == 'heads'
-  check(not heads or loss.class_weights == 'none', 'loss.class_weights',
-        "weights the combined classes, which tasks.mode='heads' does not train on")
-  check(not heads or len(loss.focal_alpha) <= 1, 'loss.focal_alpha',
-        "one alpha per combined class does not fit tasks.mode='heads': give one value or none")
-
-  metric_error = f'expected a validation metric {BEST_METRICS} or empty (checkpoint.best_metric)'
-  mode_error = "expected 'max', 'min' or empty (checkpoint.best_mode)"
-  p = c.plateau
-  check(p.metric in ('', *BEST_METRICS), 'plateau.metric', metric_error)
-  check(p.mode in ('', 'max', 'min'), 'plateau.mode', mode_error)
-  check(0 < p.factor < 1, 'plateau.factor', 'must be in (0, 1)')
-  check(p.patience >= 1, 'plateau.patience', 'must be >= 1')
-  check(p.threshold >= 0, 'plateau.threshold', 'must be >= 0')
-  check(p.threshold_mode in ('rel', 'abs'), 'plateau.threshold_mode', "expected 'rel' or 'abs'")
-  check(p.cooldown >= 0, 'plateau.cooldown', 'must be >= 0')
-  check(0 <= p.min_scale <= 1, 'plateau.min_scale', 'must be in [0, 1]')
-  e = c.early_stopping
-  check(e.patience >= 0, 'early_stopping.patience', 'must be >= 0 (0: off)')
-  check(e.min_delta >= 0, 'early_stopping.min_delta', 'must be >= 0')
-  check(e.metric in ('', *BEST_METRICS), 'early_stopping.metric', metric_error)
-  check(e.mode in ('', 'max', 'min'), 'early_stopping.mode', mode_error)

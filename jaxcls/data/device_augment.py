@@ -27,6 +27,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from jaxcls.errors import ConfigProblems, either
+
 # RandAugment's ops (Cubuk et al. 2020, as torchvision lists them). Under
 # `vmap` a per-example `lax.switch` would run every branch anyway, so each op
 # is written to be the identity unless drawn, and the five geometric ones
@@ -48,6 +50,8 @@ _POLICY_MAX = {
 }
 # RandAugment's magnitude scale: `policy_magnitude` M means M / 30 of the max.
 MAX_MAGNITUDE = 30
+# config.data.augment.policy: none, or one of the policies above.
+POLICIES = ('', *_POLICY_MAX)
 
 
 def enabled(augment_config) -> bool:
@@ -55,6 +59,44 @@ def enabled(augment_config) -> bool:
   c = augment_config
   return bool(c.policy or _has_affine(c) or c.brightness or c.contrast or c.saturation or c.hue
               or c.grayscale_prob or c.blur_prob or c.noise_std or c.erasing_prob)
+
+
+def config_errors(augment_config) -> list[str]:
+  """What is wrong with `config.data.augment` (host and device ops alike)."""
+  a, p = augment_config, ConfigProblems('data.augment', augment_config)
+
+  def interval(field, low=0.0, high=float('inf'), low_open=True):
+    value = tuple(a[field])
+    ok = (len(value) == 2 and value[0] <= value[1] and
+          (value[0] > low if low_open else value[0] >= low) and value[1] <= high)
+    bounds = f'{"(" if low_open else "["}{low:g}, {high:g}]'
+    p.check(ok, field, f'expected (low, high) with low <= high, both in {bounds}')
+
+  p.check(a.random_crop_padding >= 0, 'random_crop_padding', 'must be >= 0')
+  interval('random_resized_crop_scale', high=1.0)
+  interval('random_resized_crop_ratio')
+  p.check(0 <= a.affine_degrees <= 180, 'affine_degrees', 'must be in [0, 180]')
+  p.check(0 <= a.affine_translate <= 1, 'affine_translate',
+          'must be in [0, 1] (a fraction of the side)')
+  interval('affine_scale')
+  p.check(0 <= a.affine_shear < 90, 'affine_shear', 'must be in [0, 90) degrees')
+  for field in ('brightness', 'contrast', 'saturation', 'noise_std'):
+    p.check(a[field] >= 0, field, 'must be >= 0 (0: off)')
+  p.check(0 <= a.hue <= 0.5, 'hue', 'must be in [0, 0.5] (a fraction of a turn)')
+  for field in ('grayscale_prob', 'blur_prob', 'erasing_prob'):
+    p.check(0 <= a[field] <= 1, field, 'must be a probability in [0, 1]')
+  interval('blur_sigma')
+  p.check(a.blur_kernel_size >= 3 and a.blur_kernel_size % 2 == 1, 'blur_kernel_size',
+          'must be odd and >= 3')
+  interval('erasing_scale', high=1.0)
+  interval('erasing_ratio')
+  p.check(a.erasing_value <= 1, 'erasing_value',
+          'must be <= 1 (a fill in [0, 1], or negative: random noise)')
+  p.check(a.policy in POLICIES, 'policy', f'expected {either(POLICIES)}')
+  p.check(a.policy_num_ops >= 1, 'policy_num_ops', 'must be >= 1')
+  p.check(0 <= a.policy_magnitude <= MAX_MAGNITUDE, 'policy_magnitude',
+          f'must be in [0, {MAX_MAGNITUDE}]')
+  return p
 
 
 def augment_batch(key: jax.Array, images: jax.Array, augment_config) -> jax.Array:

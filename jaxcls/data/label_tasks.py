@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics
 
-from jaxcls.errors import ConfigError
+from jaxcls.errors import ConfigError, ConfigProblems, either
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,23 @@ def tasks_from_class_names(class_names: Sequence[str], names: Sequence[str],
   class_tasks = np.array([[values[t].index(p[t]) for t in range(len(names))] for p in parts],
                          np.int32).reshape(len(parts), len(names))
   return Tasks(names=tuple(names), values=values, class_tasks=class_tasks)
+
+
+# config.tasks.mode: one head over the combined classes, or one head per task.
+TASK_MODES = ('combined', 'heads')
+
+
+def config_errors(tasks_config) -> list[str]:
+  """What is wrong with `config.tasks` (`tasks_from_class_names` checks it against the data)."""
+  c, p = tasks_config, ConfigProblems('tasks', tasks_config)
+  p.check(c.mode in TASK_MODES, 'mode', f'expected {either(TASK_MODES)}')
+  p.check(len(c.names) != 1, 'names', 'name two or more tasks, or none')
+  p.check(len(set(c.names)) == len(c.names), 'names', 'names must be distinct')
+  p.check(not c.loss_weights or len(c.loss_weights) == len(c.names), 'loss_weights',
+          f'expected one weight per task in tasks.names={tuple(c.names)}')
+  p.check(all(w >= 0 for w in c.loss_weights), 'loss_weights', 'must be >= 0')
+  p.check(bool(c.separator), 'separator', 'must not be empty')
+  return p
 
 
 def task_metric_fields(tasks: Tasks | None) -> dict[str, type[metrics.Metric]]:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcls.errors import ConfigProblems, either
+
 
 class MixedBatch(NamedTuple):
   """What `Mixup.__call__` returns."""
@@ -104,6 +106,26 @@ def _box_mask(box: tuple[jax.Array, ...], height: int, width: int) -> jax.Array:
   return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
 
 
+MIX_MODES = ('batch', 'elem')
+
+# The rule of each field of `Mixup`, (ok(value), why): Mixup raises on a value that breaks
+# it, `config_errors` reports config.mixup.FIELD's.
+_RULES = {
+    'mixup_alpha': (lambda v: v >= 0, 'must be >= 0 (0: off)'),
+    'cutmix_alpha': (lambda v: v >= 0, 'must be >= 0 (0: off)'),
+    'prob': (lambda v: 0 <= v <= 1, 'must be a probability in [0, 1]'),
+    'switch_prob': (lambda v: 0 <= v <= 1, 'must be a probability in [0, 1]'),
+    'mode': (lambda v: v in MIX_MODES, f'expected {either(MIX_MODES)}'),
+    'label_smoothing': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+}
+
+
+def field_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+  """(field, why) for each of `values` (Mixup's field -> value) that breaks its rule."""
+  return [(field, _RULES[field][1]) for field, value in values.items()
+          if not _RULES[field][0](value)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Mixup:
   """timm's `Mixup(mixup_alpha, cutmix_alpha, prob, switch_prob, mode, label_smoothing)`.
@@ -130,20 +152,10 @@ class Mixup:
   label_smoothing: float = 0.0
 
   def __post_init__(self):
-    problems = []
-    if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-      problems.append(f'mixup_alpha={self.mixup_alpha} and cutmix_alpha={self.cutmix_alpha} '
-                      'must be >= 0')
-    if not 0 <= self.prob <= 1:
-      problems.append(f'prob={self.prob} must be in [0, 1]')
-    if not 0 <= self.switch_prob <= 1:
-      problems.append(f'switch_prob={self.switch_prob} must be in [0, 1]')
-    if self.mode not in ('batch', 'elem'):
-      problems.append(f"mode={self.mode!r} must be 'batch' or 'elem'")
-    if not 0 <= self.label_smoothing < 1:
-      problems.append(f'label_smoothing={self.label_smoothing} must be in [0, 1)')
+    problems = field_problems(dataclasses.asdict(self))
     if problems:
-      raise ValueError('Mixup: ' + '; '.join(problems))
+      raise ValueError('Mixup: ' + '; '.join(
+          f'{field}={getattr(self, field)!r}: {why}' for field, why in problems))
 
   @property
   def enabled(self) -> bool:
@@ -195,6 +207,14 @@ class Mixup:
                        applied=jnp.zeros((batch_size,), bool),
                        sampled_lam=jnp.ones((batch_size,), jnp.float32))
     return mix(draw, images, targets, self.label_smoothing)
+
+
+def config_errors(mixup_config) -> list[str]:
+  """What is wrong with `config.mixup` (Mixup's own rules; the loss holds the smoothing)."""
+  p = ConfigProblems('mixup', mixup_config)
+  for field, why in field_problems(mixup_config.to_dict()):
+    p.report(field, why)
+  return p
 
 
 def mix(draw: MixParams, images: jax.Array, targets: Any,

@@ -12,8 +12,9 @@ from absl import flags
 import grain
 import numpy as np
 
-from jaxcls.data import sampling
+from jaxcls.data import sampling, sources
 from jaxcls.data import transforms
+from jaxcls.errors import ConfigProblems, either
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -121,6 +122,30 @@ def epoch_order(source, data_config, *, global_batch_size: int, seed: int,
   shuffle_seed = _epoch_seeds(seed, epoch)[0]
   order = _epoch_order(_Positions(source), data_config, num_examples, shuffle_seed)
   return np.asarray([order[i] for i in range(steps * global_batch_size)], np.int32)
+
+
+def config_errors(data_config) -> list[str]:
+  """What is wrong with `config.data`, but for its `augment` group (`device_augment`'s)."""
+  c, p = data_config, ConfigProblems('data', data_config)
+  p.extend(sources.config_errors(c))
+  p.check(c.image_size >= 0, 'image_size', 'must be positive (or 0: automatic)')
+  p.check(not (c.on_device and c.augment.random_resized_crop), 'on_device',
+          'cannot be combined with data.augment.random_resized_crop=True (it crops the source '
+          'image at full resolution, which the on-device set no longer holds)')
+  p.check(c.resize_size == 0 or c.resize_size >= c.image_size, 'resize_size',
+          'must be 0 or at least data.image_size (resize, then center-crop)')
+  p.check(len(c.mean) in (0, 3), 'mean', 'expected 3 channel means (or none: automatic)')
+  p.check(len(c.std) in (0, 3) and all(s > 0 for s in c.std), 'std',
+          'expected 3 positive channel stds (or none: automatic)')
+  interpolations = tuple(transforms.RESAMPLING)
+  p.check(c.interpolation in interpolations, 'interpolation',
+          f'expected one of {interpolations} (or empty: automatic)')
+  p.check(c.sampler in sampling.SAMPLERS, 'sampler', f'expected {either(sampling.SAMPLERS)}')
+  p.check(c.epoch_examples >= 0, 'epoch_examples', 'must be >= 0 (0: the train split\'s size)')
+  p.check(c.num_workers >= 0, 'num_workers', 'must be >= 0')
+  p.check(c.num_threads >= 1, 'num_threads', 'must be >= 1')
+  p.check(c.prefetch >= 1, 'prefetch', 'must be >= 1')
+  return p
 
 
 def train_batches(source, data_config, *, global_batch_size: int, seed: int,

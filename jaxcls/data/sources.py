@@ -17,6 +17,7 @@ from absl import logging
 
 from jaxcls.data import scan, splits
 from jaxcls.data.decode import IMAGE_EXTENSIONS, decode_image
+from jaxcls.errors import ConfigProblems, either
 
 _VAL_NAMES = ('val', 'valid', 'validation')
 
@@ -92,6 +93,33 @@ class TfdsSource:
             'label': np.int32(example['label'])}
 
 
+# config.data.source: what `load_dataset` reads.
+SOURCE_FORMS = "expected 'digits', 'tfds:NAME' or 'folder:PATH'"
+# config.data.missing_test: a source with a val split but no test split tests on 'val', or
+# carves ('split') a test split from train.
+MISSING_TEST = ('val', 'split')
+
+
+def config_errors(data_config) -> list[str]:
+  """What is wrong with the fields of `config.data` that say which examples each split holds."""
+  c, p = data_config, ConfigProblems('data', data_config)
+  kind, _, name = c.source.partition(':')
+  p.check(c.source == 'digits' or (kind in ('tfds', 'folder') and bool(name)), 'source',
+          SOURCE_FORMS)
+  try:
+    kind, split = splits.parse_split(tuple(c.split))
+    p.check(split[0] > 0, 'split', f'the train {kind[:-1]} must be positive')
+  except ValueError as e:
+    p.report('split', str(e))
+  p.check(c.missing_test in MISSING_TEST, 'missing_test', f'expected {either(MISSING_TEST)}')
+  p.check(c.num_folds == 0 or c.num_folds >= 2, 'num_folds', 'must be 0 (off) or >= 2')
+  p.check(0 <= c.fold < max(c.num_folds, 1), 'fold',
+          f'must be in [0, data.num_folds={c.num_folds})' if c.num_folds else
+          'must be 0 when data.num_folds is 0 (k-fold off)')
+  p.check(0 <= c.max_bad_fraction <= 1, 'max_bad_fraction', 'must be in [0, 1]')
+  return p
+
+
 def load_dataset(data_config, workdir: str | None) -> Dataset:
   """The data set `data_config.source` names, with all three splits.
 
@@ -109,8 +137,7 @@ def load_dataset(data_config, workdir: str | None) -> Dataset:
   elif source.startswith('folder:'):
     dataset = _load_folder(data_config, workdir, source[len('folder:'):])  # Writes its report.
   else:
-    raise ValueError(f"Unknown data.source {source!r}: expected 'digits', "
-                     "'tfds:NAME' or 'folder:PATH'.")
+    raise ValueError(f'Unknown data.source {source!r}: {SOURCE_FORMS}.')
   summary = split_summary(dataset)
   if not source.startswith('folder:'):
     _write_report(workdir, dict(source=source, **summary))

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from absl import logging
 from flax import nnx
 
-from jaxcls.models.conv import set_conv_lowering
+from jaxcls.errors import ConfigProblems, either
 from jaxcls.models import heads
+from jaxcls.models.conv import LOWERINGS, set_conv_lowering
 from jaxcls.pretrained import registry as tags
 from jaxcls.pretrained import store
 from jaxcls.pretrained.convert import match_layout
@@ -127,6 +128,29 @@ def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
 
 # config.model fields that are constructor arguments of some families only, when set.
 ARCH_FIELDS = ('padding', 'batch_norm_epsilon')
+
+
+DTYPES = ('float32', 'bfloat16')
+HEADS = ('linear', 'mlp')
+
+
+def config_errors(model_config) -> list[str]:
+  """What is wrong with `config.model` (`model_from_config` builds it)."""
+  c, p = model_config, ConfigProblems('model', model_config)
+  p.check(c.name in list_models(), 'name', f'known models: {", ".join(list_models())}')
+  p.check(c.width >= 0, 'width', 'must be >= 0 (0: the architecture\'s own)')
+  p.check(c.dtype in DTYPES, 'dtype', f'expected {either(DTYPES)}')
+  p.check(c.head in HEADS, 'head', f'expected {either(HEADS)}')
+  p.check(c.conv_lowering in LOWERINGS, 'conv_lowering', f'expected one of {LOWERINGS}')
+  p.check(c.head_hidden >= 1, 'head_hidden', 'must be >= 1')
+  p.check(c.padding in ('', 'same', 'symmetric'), 'padding',
+          "expected 'same', 'symmetric' or empty (the weights')")
+  p.check(c.batch_norm_epsilon >= 0, 'batch_norm_epsilon', 'must be >= 0 (0: automatic)')
+  for field in ARCH_FIELDS:
+    p.check(not c[field] or c.name.startswith('efficientnet'), field,
+            f'only EfficientNets take it, not {c.name}')
+  p.check(0 <= c.head_dropout < 1, 'head_dropout', 'must be in [0, 1)')
+  return p
 
 
 def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,

@@ -10,6 +10,9 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxcls.errors import ConfigProblems, either
+from jaxcls.training.metrics import BEST_METRICS
+from jaxcls.training.plateau import MODES
 from jaxcls.training.steps import TrainState
 
 
@@ -84,3 +87,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def config_errors(ckpt_config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with `config.checkpoint` (`jaxcls.config.validate` lists it)."""
+  c, p = ckpt_config, ConfigProblems('checkpoint', ckpt_config)
+  p.check(c.keep >= 1, 'keep', 'must be >= 1')
+  p.check(c.best_metric in BEST_METRICS, 'best_metric', f'expected one of {BEST_METRICS}')
+  p.check(c.best_mode in MODES, 'best_mode', f'expected {either(MODES)}')
+  return p

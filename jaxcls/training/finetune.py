@@ -37,6 +37,7 @@ import optax
 from flax import nnx
 
 from jaxcls.errors import ConfigError
+from jaxcls.models import create_model, list_models
 from jaxcls.training import optim
 
 STRATEGIES = ('full', 'feature_extraction', 'partial', 'gradual')
@@ -275,3 +276,21 @@ def phase_graphdef(train_graph: nnx.GraphDef, params: nnx.State, model_state: nn
   model = nnx.merge(train_graph, params, model_state)
   freeze_modules(model, frozen)
   return nnx.split(model, nnx.Param, ...)[0]
+
+
+def config_errors(finetune_config: ml_collections.ConfigDict,
+                  model_config: ml_collections.ConfigDict, num_epochs: int) -> list[str]:
+  """What is wrong with `config.finetune`: its plan against the model's own parameter groups.
+
+  The model is built abstractly (`nnx.eval_shape`: no weights). A model that cannot be built
+  at all has nothing to check against (`config.model`'s checks say why).
+  """
+  if model_config.name not in list_models() or model_config.width < 0:
+    return []
+  kwargs = {'width': model_config.width} if model_config.width else {}
+  model = nnx.eval_shape(lambda: create_model(model_config.name, 2, **kwargs))
+  try:
+    plan_from_config(finetune_config, group_names(model), num_epochs)
+  except ConfigError as e:
+    return [str(e)]
+  return []

@@ -25,7 +25,7 @@ from clu import parameter_overview
 from jaxcls import data
 from jaxcls.data.mixing import Mixup
 from jaxcls.data.on_device import DeviceTrainSet
-from jaxcls.errors import ConfigError
+from jaxcls.errors import ConfigError, ConfigProblems, either
 from jaxcls.training import finetune, losses, optim, parallel, results
 from jaxcls.training.checkpointing import Checkpointer
 from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
@@ -41,6 +41,9 @@ from jaxcls.training.workdir import check_config as check_workdir_config
 
 class NonFiniteError(RuntimeError):
   """The loss or gradient norm stopped being finite (train.nonfinite='stop')."""
+
+
+NONFINITE_POLICIES = ('stop', 'skip')  # config.train.nonfinite: raise NonFiniteError, or skip.
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *,
@@ -514,3 +517,18 @@ def _loss_from_config(config, dataset) -> tuple[losses.LossFn, dict]:
       class_weights=weights)
   return loss_fn, dict(name=c.name, label_smoothing=config.train.label_smoothing,
                        class_weights=None if weights is None else weights.tolist())
+
+
+def config_errors(train_config: ml_collections.ConfigDict, device_count: int = 1) -> list[str]:
+  """What is wrong with `config.train`; the batches split evenly over `device_count` devices."""
+  c, p = train_config, ConfigProblems('train', train_config)
+  p.check(c.num_epochs >= 1, 'num_epochs', 'must be >= 1')
+  for field in ('batch_size', 'eval_batch_size'):
+    p.check(c[field] >= (1 if field == 'batch_size' else 0), field, 'must be positive')
+    p.check(c[field] % device_count == 0, field,
+            f'must be divisible by the device count ({device_count})')
+  for field, why in losses.field_problems({'label_smoothing': c.label_smoothing}):
+    p.report(field, why)  # The loss's own rule: it does the smoothing.
+  p.check(c.log_every_steps >= 1, 'log_every_steps', 'must be >= 1')
+  p.check(c.nonfinite in NONFINITE_POLICIES, 'nonfinite', f'expected {either(NONFINITE_POLICIES)}')
+  return p

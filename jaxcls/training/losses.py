@@ -13,12 +13,38 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcls.errors import ConfigProblems
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 LOSSES = ('cross_entropy', 'focal')
 CLASS_WEIGHTINGS = ('inverse_frequency', 'effective_number')
 
 # Keeps (1 - p)^gamma differentiable where p rounds to 1 and gamma < 1.
 _MIN_COMPLEMENT = 1e-12
+
+# The rule of each loss setting, (ok(value), why): `make_loss_fn` and
+# `class_weights_from_counts` raise on a value that breaks it, `config_errors` reports
+# config.loss.FIELD's.
+_RULES = {
+    'name': (lambda v: v in LOSSES, f'expected one of {LOSSES}'),
+    'focal_gamma': (lambda v: v >= 0, 'must be >= 0'),
+    'focal_alpha': (lambda v: all(a >= 0 for a in v), 'must be >= 0'),
+    'class_weights_beta': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    'label_smoothing': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+}
+
+
+def field_problems(values: dict) -> list[tuple[str, str]]:
+  """(field, why) for each of `values` (setting -> value) that breaks its rule."""
+  return [(field, _RULES[field][1]) for field, value in values.items()
+          if not _RULES[field][0](value)]
+
+
+def _raise_problems(owner: str, values: dict) -> None:
+  problems = field_problems(values)
+  if problems:
+    raise ValueError(f'{owner}: ' + '; '.join(f'{field}={values[field]!r}: {why}'
+                                            for field, why in problems))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array,
@@ -87,8 +113,7 @@ def class_weights_from_counts(class_counts: Sequence[int], method: str = 'effect
   if method == 'inverse_frequency':
     weights = 1.0 / counts
   elif method == 'effective_number':
-    if not 0 <= beta < 1:
-      raise ValueError(f'beta={beta}: expected a value in [0, 1)')
+    _raise_problems('class_weights_from_counts', {'class_weights_beta': beta})
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
   else:
     raise ValueError(f'method={method!r}: expected one of {CLASS_WEIGHTINGS}')
@@ -114,12 +139,8 @@ def make_loss_fn(name: str = 'cross_entropy', *, label_smoothing: float = 0.0,
   Returns:
     A pure, jittable function; the step reduces its output (e.g. `.mean()`).
   """
-  if name not in LOSSES:
-    raise ValueError(f'loss name={name!r}: expected one of {LOSSES}')
-  if not 0 <= label_smoothing < 1:
-    raise ValueError(f'label_smoothing={label_smoothing}: expected a value in [0, 1)')
-  if focal_gamma < 0:
-    raise ValueError(f'focal_gamma={focal_gamma}: expected a value >= 0')
+  _raise_problems('make_loss_fn', dict(name=name, label_smoothing=label_smoothing,
+                                      focal_gamma=focal_gamma))
   weights = None if class_weights is None else np.asarray(class_weights, np.float32)
   alpha = None if focal_alpha is None else np.asarray(focal_alpha, np.float32)
 
@@ -137,3 +158,20 @@ def make_loss_fn(name: str = 'cross_entropy', *, label_smoothing: float = 0.0,
     return losses
 
   return loss_fn
+
+
+def config_errors(loss_config, tasks_config) -> list[str]:
+  """What is wrong with `config.loss`, also against `config.tasks` (per-task heads)."""
+  c, p = loss_config, ConfigProblems('loss', loss_config)
+  for field, why in field_problems({f: c[f] for f in ('name', 'focal_gamma', 'focal_alpha')}):
+    p.report(field, why)
+  p.check(c.class_weights in ('none', *CLASS_WEIGHTINGS), 'class_weights',
+          f"expected 'none' or one of {CLASS_WEIGHTINGS}")
+  for field, why in field_problems({'class_weights_beta': c.class_weights_beta}):
+    p.report(field, why)
+  heads = bool(tasks_config.names) and tasks_config.mode == 'heads'
+  p.check(not heads or c.class_weights == 'none', 'class_weights',
+          "weights the combined classes, which tasks.mode='heads' does not train on")
+  p.check(not heads or len(c.focal_alpha) <= 1, 'focal_alpha',
+          "one alpha per combined class does not fit tasks.mode='heads': give one value or none")
+  return p

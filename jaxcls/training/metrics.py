@@ -72,3 +72,8 @@ def eval_metrics_class(num_classes: int, tasks: Tasks | None = None) -> type[met
   if num_classes > 5:
     fields['top5_accuracy'] = metrics.Average.from_fun(_top5_correct)
   return metrics.Collection.create(**fields, **task_metric_fields(tasks))
+
+
+# The validation metrics (`eval_metrics_class`'s) that checkpoint.best_metric, plateau.metric
+# and early_stopping.metric may name.
+BEST_METRICS = ('accuracy', 'loss', 'top5_accuracy')

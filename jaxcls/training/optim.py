@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxcls.errors import ConfigProblems, either
+
 
 def learning_rate_schedule(opt_config: ml_collections.ConfigDict, steps_per_epoch: int,
                            num_epochs: int) -> optax.Schedule:
@@ -38,7 +40,7 @@ def learning_rate_schedule(opt_config: ml_collections.ConfigDict, steps_per_epoc
     after_warmup = optax.constant_schedule(peak)
   else:
     raise ValueError(f'config.optimizer.schedule={opt_config.schedule!r}: '
-                     "expected 'cosine', 'step' or 'constant'")
+                     f'expected {either(SCHEDULES)}')
   if warmup_steps == 0:
     return after_warmup
   warmup = optax.linear_schedule(0.0, peak, warmup_steps)
@@ -64,7 +66,7 @@ def _group_optimizer(opt_config: ml_collections.ConfigDict,
   if opt_config.name == 'adamw':
     return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2,
                        weight_decay=opt_config.weight_decay, mask=decay_mask)
-  raise ValueError(f"config.optimizer.name={opt_config.name!r}: expected 'sgd' or 'adamw'")
+  raise ValueError(f'config.optimizer.name={opt_config.name!r}: expected {either(OPTIMIZERS)}')
 
 
 def create_optimizer(opt_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule,
@@ -131,3 +133,23 @@ def carry_over(new_state, old_state, keep: Sequence[str]):
   for name in keep:
     inner[name] = old_state[0].inner_states[name]
   return (new_state[0]._replace(inner_states=inner), old_state[1])
+
+
+OPTIMIZERS = ('sgd', 'adamw')
+SCHEDULES = ('cosine', 'step', 'constant')
+
+
+def config_errors(opt_config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with `config.optimizer` (`jaxcls.config.validate` lists it)."""
+  o, p = opt_config, ConfigProblems('optimizer', opt_config)
+  p.check(o.name in OPTIMIZERS, 'name', f'expected {either(OPTIMIZERS)}')
+  p.check(o.learning_rate > 0, 'learning_rate', 'must be positive')
+  p.check(0 <= o.momentum < 1, 'momentum', 'must be in [0, 1)')
+  p.check(o.weight_decay >= 0, 'weight_decay', 'must be >= 0')
+  p.check(o.schedule in SCHEDULES, 'schedule', f'expected {either(SCHEDULES)}')
+  p.check(o.warmup_epochs >= 0, 'warmup_epochs', 'must be >= 0')
+  decay = list(o.decay_epochs)
+  p.check(decay == sorted(decay) and all(e > o.warmup_epochs for e in decay), 'decay_epochs',
+          'must be increasing and after the warm-up')
+  p.check(o.decay_factor > 0, 'decay_factor', 'must be positive')
+  return p

@@ -24,6 +24,11 @@ import dataclasses
 import math
 from typing import Any
 
+import ml_collections
+
+from jaxcls.errors import ConfigProblems, either
+from jaxcls.training.metrics import BEST_METRICS
+
 MODES = ('max', 'min')
 THRESHOLD_MODES = ('rel', 'abs')
 
@@ -42,17 +47,33 @@ def is_improvement(value: float, best: float | None, mode: str, threshold: float
   return value > best + margin if mode == 'max' else value < best - margin
 
 
-def _check(mode: str, threshold: float, threshold_mode: str, patience: int, owner: str):
-  problems = []
-  if mode not in MODES:
-    problems.append(f'mode={mode!r} must be one of {MODES}')
-  if threshold_mode not in THRESHOLD_MODES:
-    problems.append(f'threshold_mode={threshold_mode!r} must be one of {THRESHOLD_MODES}')
-  if threshold < 0:
-    problems.append(f'threshold={threshold} must be >= 0')
-  if patience < 1:
-    problems.append(f'patience={patience} must be >= 1')
-  return [f'{owner}: {p}' for p in problems]
+# The rule of each field of ReduceLROnPlateau and EarlyStopping, (ok(value), why): the
+# dataclasses raise on a value that breaks it, `config_errors` reports config.plateau.FIELD's.
+_RULES = {
+    'mode': (lambda v: v in MODES, f'expected {either(MODES)}'),
+    'factor': (lambda v: 0 < v < 1, 'must be in (0, 1)'),
+    'patience': (lambda v: v >= 1, 'must be >= 1'),
+    'threshold': (lambda v: v >= 0, 'must be >= 0'),
+    'threshold_mode': (lambda v: v in THRESHOLD_MODES, f'expected {either(THRESHOLD_MODES)}'),
+    'cooldown': (lambda v: v >= 0, 'must be >= 0'),
+    'min_scale': (lambda v: 0 <= v <= 1, 'must be in [0, 1]'),
+    'min_delta': (lambda v: v >= 0, 'must be >= 0'),
+}
+
+
+def field_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+  """(field, why) for each of `values` (field -> value) that breaks its rule."""
+  return [(field, _RULES[field][1]) for field, value in values.items()
+          if not _RULES[field][0](value)]
+
+
+def _raise_problems(instance) -> None:
+  """ValueError naming every field of the dataclass `instance` that breaks its rule."""
+  values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+  problems = field_problems(values)
+  if problems:
+    raise ValueError(f'{type(instance).__name__}: ' + '; '.join(
+        f'{field}={values[field]!r}: {why}' for field, why in problems))
 
 
 class _JsonState:
@@ -88,7 +109,7 @@ class ReduceLROnPlateau:
     threshold: how much better than the best a value must be to count.
     threshold_mode: 'rel' (threshold * |best|) or 'abs' (threshold).
     cooldown: epochs after a reduction during which bad epochs are not counted.
-    min_scale: the scale never goes below this.
+    min_scale: the scale never goes below this, in [0, 1].
   """
   mode: str = 'max'
   factor: float = 0.1
@@ -99,15 +120,7 @@ class ReduceLROnPlateau:
   min_scale: float = 0.0
 
   def __post_init__(self):
-    problems = _check(self.mode, self.threshold, self.threshold_mode, self.patience,
-                      'ReduceLROnPlateau')
-    if not 0 < self.factor < 1:
-      problems.append(f'ReduceLROnPlateau: factor={self.factor} must be in (0, 1)')
-    if self.cooldown < 0 or self.min_scale < 0:
-      problems.append(f'ReduceLROnPlateau: cooldown={self.cooldown} and '
-                      f'min_scale={self.min_scale} must be >= 0')
-    if problems:
-      raise ValueError('; '.join(problems))
+    _raise_problems(self)
 
   def init(self) -> PlateauState:
     return PlateauState()
@@ -156,9 +169,7 @@ class EarlyStopping:
   mode: str = 'max'
 
   def __post_init__(self):
-    problems = _check(self.mode, self.min_delta, 'abs', self.patience, 'EarlyStopping')
-    if problems:
-      raise ValueError('; '.join(problems))
+    _raise_problems(self)
 
   def init(self) -> EarlyStoppingState:
     return EarlyStoppingState()
@@ -173,3 +184,29 @@ class EarlyStopping:
     num_bad_epochs = state.num_bad_epochs + 1
     return dataclasses.replace(state, epoch=epoch, num_bad_epochs=num_bad_epochs,
                                should_stop=num_bad_epochs >= self.patience)
+
+
+_METRIC_WHY = f'expected a validation metric {BEST_METRICS} or empty (checkpoint.best_metric)'
+_MODE_WHY = f"expected {either(MODES, or_else='empty (checkpoint.best_mode)')}"
+
+
+def config_errors(plateau_config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with `config.plateau` (empty metric and mode: the checkpoint's)."""
+  c, p = plateau_config, ConfigProblems('plateau', plateau_config)
+  p.check(c.metric in ('', *BEST_METRICS), 'metric', _METRIC_WHY)
+  p.check(c.mode in ('', *MODES), 'mode', _MODE_WHY)
+  fields = ('factor', 'patience', 'threshold', 'threshold_mode', 'cooldown', 'min_scale')
+  for field, why in field_problems({f: c[f] for f in fields}):
+    p.report(field, why)
+  return p
+
+
+def early_stopping_config_errors(stopping_config: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with `config.early_stopping` (patience 0: off; else EarlyStopping's rules)."""
+  c, p = stopping_config, ConfigProblems('early_stopping', stopping_config)
+  p.check(c.patience >= 0, 'patience', 'must be >= 0 (0: off)')
+  for field, why in field_problems({'min_delta': c.min_delta}):
+    p.report(field, why)
+  p.check(c.metric in ('', *BEST_METRICS), 'metric', _METRIC_WHY)
+  p.check(c.mode in ('', *MODES), 'mode', _MODE_WHY)
+  return p
