@@ -6,16 +6,37 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
+import optax
 from flax import nnx
 
 from jaxcls.models import create_model
+from jaxcls.training import optim
 from jaxcls.training.optim import decay_mask, learning_rate_schedule
 
 import jitted
 
 
 _batch = jitted.random_batch
+
+
+def test_the_plateau_scale_lives_in_the_optimizer_and_scales_its_update(config):
+  """ReduceLROnPlateau's scale is a hyperparameter of the optimizer state: setting it scales
+  the next update, the state reports the rate it applied, and the schedule keeps counting."""
+  config.optimizer.update(dict(momentum=0.0, weight_decay=0.0))
+  params = {'w': jnp.ones(3)}
+  grads = {'w': jnp.ones(3)}
+  tx = optim.create_optimizer(config.optimizer, lambda count: 0.5 / (1.0 + count))
+  updates, state = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['w'], -0.5)
+  assert float(optim.learning_rate(state)) == 0.5
+  state = optim.set_plateau_scale(state, 0.1)
+  updates, state = tx.update(grads, state, params)
+  np.testing.assert_allclose(updates['w'], -0.5 / 2 * 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(optim.learning_rate(state)), 0.025, rtol=1e-6)
+  assert optim.plateau_scale(state) == pytest.approx(0.1)
 
 
 def _steps(config, num_classes=10):

@@ -1,6 +1,10 @@
 """What the programs that reopen a finished run share: the --step flag's values, a quiet console."""
 
+import sys
+
 from absl import app, flags, logging
+
+from jaxcls.evaluation.reopen import Run, load_run
 
 
 def parse_step(step: str) -> int | str:
@@ -16,3 +20,11 @@ def quiet_libraries() -> None:
   """Keeps the console to the results: INFO logs (Orbax's restore chatter) only on --verbosity."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def reopen(program: str, workdir: str, step: str) -> Run:
+  """The run in `workdir` at --step, or one line naming what is wrong (no traceback)."""
+  try:
+    return load_run(workdir, parse_step(step))
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f'jaxcls {program}: {e}')

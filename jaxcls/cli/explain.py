@@ -14,10 +14,9 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxcls.cli.common import parse_step, quiet_libraries
+from jaxcls.cli.common import quiet_libraries, reopen
 from jaxcls.evaluation.gradcam import explain_files, plot_gradcam
 from jaxcls.evaluation.predict import list_image_files
-from jaxcls.evaluation.reopen import load_run
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +41,7 @@ def main(argv):
     logging.warning('Explaining the first %d of %d images (--max_images).', FLAGS.max_images,
                     len(files))
     files = files[:FLAGS.max_images]
-  run = load_run(FLAGS.workdir, parse_step(FLAGS.step))
+  run = reopen('explain', FLAGS.workdir, FLAGS.step)
   if FLAGS.class_index is not None and FLAGS.class_index >= len(run.class_names):
     raise app.UsageError(f'--class_index={FLAGS.class_index}: the run has '
                          f'{len(run.class_names)} classes')

@@ -9,11 +9,10 @@ import sys
 
 from absl import app, flags
 
-from jaxcls.cli.common import parse_step, quiet_libraries
+from jaxcls.cli.common import quiet_libraries, reopen
 
 from jaxcls.evaluation.predict import (IMAGE_EXTENSIONS, format_table, list_image_files,
                                        predict_files, write_csv)
-from jaxcls.evaluation.reopen import load_run
 
 FLAGS = flags.FLAGS
 
@@ -33,7 +32,7 @@ def main(argv):
   files = list_image_files(argv[1:])
   if not files:
     sys.exit(f'jaxcls predict: no {"/".join(IMAGE_EXTENSIONS)} images in {argv[1:]}')
-  run = load_run(FLAGS.workdir, parse_step(FLAGS.step))
+  run = reopen('predict', FLAGS.workdir, FLAGS.step)
   predictions = predict_files(run, files, FLAGS.top_k, FLAGS.batch_size)
   readable = [p for p in predictions if p.error is None]
   unreadable = [p for p in predictions if p.error is not None]

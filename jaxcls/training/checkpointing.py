@@ -49,7 +49,7 @@ class Checkpointer:
     step = int(state.step)
     try:
       self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
           metrics={k: float(v) for k, v in metrics.items()})
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(step, self.directory, e) from e
@@ -63,16 +63,16 @@ class Checkpointer:
   def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
     """Restores `step` into arrays shaped and sharded like `like`."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+        state=_restore_args(like), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
   def restore_model(self, step: int, params, model_state):
-    """(params, model state) of `step` alone, restored like the given (abstract) trees: the
-    optimizer state on disk is not read, so no optimizer is needed to reopen a run."""
+    """(params, model state) of `step` alone, shaped and placed like the given trees (arrays
+    or abstract ones with a sharding): the optimizer state on disk is not read, so testing the
+    best checkpoint or reopening a run needs no optimizer."""
     like = {'params': params, 'model_state': model_state}
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        like, restore_args=ocp.checkpoint_utils.construct_restore_args(like),
-        partial_restore=True)))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=_restore_args(like, partial=True)))
     return restored.state['params'], restored.state['model_state']
 
   def restore_meta(self, step: int) -> dict:
@@ -87,6 +87,16 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _restore_args(like, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """The state restored into `like`'s structure, shapes and shardings; `partial`: a subtree.
+
+  One handler (PyTree) saves and restores the state: a manager that saved with one kind
+  of arguments refuses to restore with another.
+  """
+  return ocp.args.PyTreeRestore(like, restore_args=ocp.checkpoint_utils.construct_restore_args(
+      like), partial_restore=partial)
 
 
 def config_errors(ckpt_config: ml_collections.ConfigDict) -> list[str]:

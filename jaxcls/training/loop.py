@@ -162,7 +162,12 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
 
 
 def _load_data(config, workdir: Path) -> data.Dataset:
-  dataset = data.load_dataset(config.data, str(workdir))
+  try:
+    dataset = data.load_dataset(config.data, str(workdir))
+  except ConfigError:
+    raise
+  except (ValueError, FileNotFoundError) as e:  # The data's own problems: the user's to fix.
+    raise ConfigError(f'config.data.source={config.data.source!r}: {e}') from e
   for split in ('train', 'val', 'test'):
     if len(getattr(dataset, split)) == 0:
       raise ConfigError(f'config.data.split={tuple(config.data.split)}: the {split} split of '
@@ -402,16 +407,12 @@ def _meta(run: Run, loop: Loop, epochs_done: int) -> dict:
 
 
 def _test_best_checkpoint(run: Run, loop: Loop) -> tuple[dict[str, float], int]:
-  """Test metrics of the best checkpoint by validation, and its step."""
+  """Test metrics of the best checkpoint by validation (its params and model state), its step."""
   best_step = run.checkpointer.best_step()
-  # Shaped like the best step's phase: its optimizer state may differ from the last one's.
-  best_trainable = run.checkpointer.restore_meta(best_step)['trainable_groups']
-  like = loop.state.replace(opt_state=jax.device_put(
-      run.optimizer(best_trainable).init(loop.state.params), parallel.replicated(
-          parallel.data_mesh())))
-  best_state, _ = run.checkpointer.restore(best_step, like)
-  test_metrics = evaluate(loop.eval_fn, best_state, run.dataset.test, run.config,
-                          run.batch_sharding)
+  params, model_state = run.checkpointer.restore_model(best_step, loop.state.params,
+                                                       loop.state.model_state)
+  test_metrics = evaluate(loop.eval_fn, loop.state.replace(params=params, model_state=model_state),
+                          run.dataset.test, run.config, run.batch_sharding)
   return test_metrics, best_step
 
 
