@@ -97,10 +97,10 @@ def main(argv):
       results.append(row)
       print(f'  {strategy:<20} {median * 1e3:9.1f} {spread * 1e3:8.1f} '
             f'{row["images_per_second"]:8.1f} {run["flops"] / 1e9:8.2f} '
-            f'{row["time_vs_full"]:10.2f} {row["flops_vs_full"]:10.2f}')
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(results, f, indent=2)
+            f'{row["time_vs_full"]:10.2f} {row["flops_vs_full"]:10.2f}', flush=True)
+    if _JSON.value:  # After every model: a run stopped midway keeps what it measured.
+      with open(_JSON.value, 'w') as f:
+        json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -349,10 +349,10 @@ def main(argv):
     if row:
       _print_row(format_row(row))
       rows.append(row)
+      if args.json:  # After every row: a run stopped midway keeps what it measured.
+        Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
     if device.type == 'cuda':
       torch.cuda.empty_cache()
-  if args.json:
-    Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
 
 
 if __name__ == '__main__':

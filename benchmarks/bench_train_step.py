@@ -64,6 +64,8 @@ from jaxcls.models.conv import LOWERINGS, set_conv_lowering
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
 from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
+import trace_summary  # benchmarks/, beside this script.
+
 _MODELS = flags.DEFINE_list('models', ['cifar_resnet20', 'resnet18', 'resnet50', 'vgg16',
                                        'convnext_tiny'], 'Models of the registry.')
 _IMAGE_SIZES = flags.DEFINE_list('image_sizes', ['32', '224'], 'Sides of the square input.')
@@ -77,16 +79,20 @@ _CONV_LOWERINGS = flags.DEFINE_list(
 _WIDTH = flags.DEFINE_integer('width', 0, 'model.width (0: the architecture\'s own).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head.')
 _MIXUP = flags.DEFINE_bool('mixup', False, 'Mixup 0.2 + CutMix 1.0 in the step (timm style).')
+_EVAL = flags.DEFINE_bool('eval', True, 'Also time the eval step (--noeval: train only).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per timing.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timings per figure; the median is reported.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-_NUM_THREADS = flags.DEFINE_integer('num_threads', 4, 'data.num_threads of the pipelines.')
+_NUM_THREADS = flags.DEFINE_list('num_threads', ['4'], 'data.num_threads of the pipelines; '
+                                  'several: each pipeline timed with each, side by side.')
 _NUM_WORKERS = flags.DEFINE_integer('num_workers', 0, 'data.num_workers of the pipelines.')
 _PEAK_TFLOPS = flags.DEFINE_float('peak_tflops', None,
                                   'Peak TFLOP/s of one device for MFU (default: a table of '
                                   'known accelerators; none for CPUs).')
 _PROFILE_DIR = flags.DEFINE_string('profile_dir', None,
-                                   'Trace the first row\'s timed train steps here (TensorBoard).')
+                                   'Trace train steps of the first row here, after its timed '
+                                   'ones (TensorBoard; the JSON row gets a summary).')
+_PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 3, 'Train steps traced with --profile_dir.')
 _JSON = flags.DEFINE_string('json', None, 'Also write every row to this JSON file.')
 _SMOKE = flags.DEFINE_bool('smoke', False, 'A few steps of a tiny model on every path (CI).')
 
@@ -223,21 +229,20 @@ def measure_steps(case: Case, config, num_classes: int, *, steps: int, repeats: 
     holder['state'], _ = compiled(holder['state'], batch)
 
   timed(train_step, lambda: holder['state'], steps=max(warmup, 1), repeats=1)
-  if profile_dir:
-    jax.profiler.start_trace(profile_dir)
   train_times = timed(train_step, lambda: holder['state'], steps=steps, repeats=repeats)
-  if profile_dir:
-    jax.profiler.stop_trace()
+  trace = _trace(train_step, lambda: holder['state'], profile_dir) if profile_dir else None
   memory, memory_source = _peak_memory_mib(compiled)
-  compiled_eval = eval_fn.lower(holder['state'], eval_batch).compile()
+  eval_rate = None
+  if _EVAL.value:
+    compiled_eval = eval_fn.lower(holder['state'], eval_batch).compile()
 
-  def eval_step():
-    holder['metrics'] = compiled_eval(holder['state'], eval_batch)
+    def eval_step():
+      holder['metrics'] = compiled_eval(holder['state'], eval_batch)
 
-  eval_step()
-  eval_times = timed(eval_step, lambda: holder['metrics'], steps=steps, repeats=repeats)
+    eval_step()
+    eval_times = timed(eval_step, lambda: holder['metrics'], steps=steps, repeats=repeats)
+    eval_rate, _ = rate(eval_times, case.global_batch)
   train_rate, train_spread = rate(train_times, case.global_batch)
-  eval_rate, _ = rate(eval_times, case.global_batch)
   peak = peak_flops(case.dtype)
   row = dict(framework='jax', model=case.model, image_size=case.image_size, dtype=case.dtype,
              batch_size=case.global_batch, devices=case.devices,
@@ -247,7 +252,21 @@ def measure_steps(case: Case, config, num_classes: int, *, steps: int, repeats: 
              peak_memory_source=memory_source, train_flops_per_image=flops_per_image,
              mfu=(flops_per_image * train_rate / case.devices / peak) if peak else None,
              device=jax.devices()[0].device_kind, jax_version=jax.__version__)
+  if trace is not None:
+    row['trace'] = trace
   return row, train_step, dict(sharding=sharding, holder=holder)
+
+
+def _trace(train_step: Callable, result: Callable, profile_dir: str) -> dict:
+  """Traces `--profile_steps` train steps, after the timed ones (the profiler slows what it
+  watches), and summarises where the device's time went (benchmarks/trace_summary.py)."""
+  jax.profiler.start_trace(profile_dir)
+  timed(train_step, result, steps=_PROFILE_STEPS.value, repeats=1)
+  jax.profiler.stop_trace()
+  try:
+    return trace_summary.summarize(profile_dir)
+  except Exception as e:  # pylint: disable=broad-except  # The figures stand without it.
+    return dict(error=f'{type(e).__name__}: {e}')
 
 
 # ----------------------------------------------------------------- pipelines ---
@@ -377,31 +396,50 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'--pipelines: unknown {sorted(unknown)}')
   config = default_config()
-  config.data.num_threads, config.data.num_workers = _NUM_THREADS.value, _NUM_WORKERS.value
+  thread_counts = [int(n) for n in _NUM_THREADS.value]
+  config.data.num_workers = _NUM_WORKERS.value
   if _MIXUP.value:
     config.mixup.mixup_alpha, config.mixup.cutmix_alpha = 0.2, 1.0
   print(f'jax {jax.__version__}: {jax.device_count()} x {jax.devices()[0].device_kind}; '
         f'{time.strftime("%Y-%m-%d %H:%M")}; steps {_STEPS.value} x repeats {_REPEATS.value}')
   print(header())
   rows, pipeline_rows = [], []
+
+  def save(scaling=()):  # After every row: a run stopped midway keeps what it measured.
+    if _JSON.value:
+      Path(_JSON.value).write_text(json.dumps(
+          dict(steps=rows, pipelines=pipeline_rows, scaling=list(scaling)), indent=2))
+
   with tempfile.TemporaryDirectory() as tmp:
     for i, case in enumerate(cases()):
       row, train_step, state = measure_steps(
           case, config, _NUM_CLASSES.value, steps=_STEPS.value, repeats=_REPEATS.value,
           warmup=_WARMUP.value, profile_dir=_PROFILE_DIR.value if i == 0 else None)
       rows.append(row)
+      save()
       print(format_row(row), flush=True)
+      if row.get('trace'):
+        print(trace_summary.format_summary(row['trace']), flush=True)
       for kind in _PIPELINES.value:
-        if kind != 'synthetic':
+        if kind == 'synthetic':
+          continue
+        # The on-device set uses no host threads: timed once.
+        for threads in thread_counts[:1] if kind == 'device' else thread_counts:
+          pipeline_config = config.copy_and_resolve_references()
+          pipeline_config.data.num_threads = threads
           pipeline_rows.append(measure_pipeline(
-              kind, case, config.copy_and_resolve_references(), train_step, state,
+              kind, case, pipeline_config, train_step, state,
               steps=_STEPS.value, repeats=_REPEATS.value, workdir=Path(tmp)))
+          save()
   if pipeline_rows:
     print(f'\n{"pipeline":<9} {"model":<15} {"size":>4} {"dtype":<8} {"batch":>5} '
-          f'{"devices":>7} {"input_img/s":>11} {"e2e_img/s":>10} {"e2e/synthetic":>13}')
+          f'{"devices":>7} {"threads":>7} {"input_img/s":>11} {"e2e_img/s":>10} '
+          f'{"e2e/synthetic":>13}')
     for p in pipeline_rows:
+      threads = '-' if p['pipeline'] == 'device' else p['num_threads']
       print(f'{p["pipeline"]:<9} {p["model"]:<15} {p["image_size"]:>4} {p["dtype"]:<8} '
-            f'{p["batch_size"]:>5} {p["devices"]:>7} {p["input_images_per_second"]:11.1f} '
+            f'{p["batch_size"]:>5} {p["devices"]:>7} {threads:>7} '
+            f'{p["input_images_per_second"]:11.1f} '
             f'{p["end_to_end_images_per_second"]:10.1f} '
             f'{p["end_to_end_vs_synthetic"]:13.2f}')
   scaling = scaling_rows(rows)
@@ -411,9 +449,7 @@ def main(argv):
     for s in scaling:
       print(f'{s["model"]:<15} {s["image_size"]:>4} {s["dtype"]:<8} {s["devices"]:>7} '
             f'{s["images_per_second_per_device"]:12.1f} {s["efficiency"]:10.2f}')
-  if _JSON.value:
-    Path(_JSON.value).write_text(json.dumps(
-        dict(steps=rows, pipelines=pipeline_rows, scaling=scaling), indent=2))
+  save(scaling)
 
 
 def scaling_rows(rows: list[dict]) -> list[dict]:
