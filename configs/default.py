@@ -162,12 +162,15 @@ def get_config() -> ml_collections.ConfigDict:
   # lists them): resnet18/34/50/101/152 (the torchvision layout),
   # cifar_resnet20/32/56 (He et al. 2016, sec. 4.2), vgg11/13/16/19 and their
   # _bn variants, convnext_tiny/small/base/large, efficientnet_b0..b7,
-  # efficientnet_lite0..lite4, mobilenet_v2.
+  # efficientnet_lite0..lite4, mobilenet_v2, googlenet (torchvision's
+  # Inception v1), vit_tiny/small/base_patch16 (timm's layout; torchvision's
+  # vit_b_16 checkpoints read too).
   model.name = 'cifar_resnet20'
   # Channels of the first stage (of the stem for EfficientNet and MobileNetV2,
   # every layer scaling with it); 0: the architecture's own (16 for the CIFAR
   # ResNets, 64 for the ImageNet ones and VGG, 96 or more for ConvNeXt, 32 for
-  # EfficientNet-B0 and MobileNetV2). Narrow models train fast on CPU: at 8,
+  # EfficientNet-B0 and MobileNetV2, 64 for GoogLeNet's conv1; a ViT's embedding
+  # width, one attention head per 64). Narrow models train fast on CPU: at 8,
   # this default reaches ~99% test accuracy on digits in two minutes on 2 cores.
   model.width = 8
   # Pretrained weights: a tag such as 'efficientnet_lite0.tf_in1k' (`python -m
@@ -208,6 +211,13 @@ def get_config() -> ml_collections.ConfigDict:
   # need (a tag says; a raw file's key layout implies it), else 'same', 1e-3.
   model.padding = ''
   model.batch_norm_epsilon = 0.0
+  # GoogLeNet only: its two auxiliary classifiers (on inception4a and 4d), which
+  # help a deep net train on small data. While they train, the train loss adds
+  # aux_weight (0.3, as the paper and torchvision's reference training) times
+  # each one's loss; evaluation and prediction use the main head only. They
+  # form the parameter group 'aux', which trains whenever inception4 does.
+  model.aux_logits = False
+  model.aux_weight = 0.3
 
   # --------------------------------------------------------- fine-tuning ---
   # Which parameter groups train, and how fast. Every model names its groups
@@ -215,7 +225,11 @@ def get_config() -> ml_collections.ConfigDict:
   # stage1..stage4, head; CIFAR ResNets stem, stage1..stage3, head; VGG
   # block1..block5, head (its classifier); ConvNeXt stem, stage1..stage4, head;
   # EfficientNet (B0-B7, Lite0-4) and MobileNetV2 stem, stage1..stage7,
-  # conv_head (the 1x1 convolution to the pooled features), head. Frozen
+  # conv_head (the 1x1 convolution to the pooled features), head; GoogLeNet
+  # stem, inception3, inception4, [aux: the auxiliary classifiers, which train
+  # whenever inception4 does], inception5, head; ViT embed (patch embedding,
+  # class token, position embeddings), block1..blockN (the last with the final
+  # LayerNorm), head. Frozen
   # groups get no update and no weight decay, cost no backward pass, and their
   # BatchNorm layers use (and keep) their running statistics.
   config.finetune = finetune = ml_collections.ConfigDict()

@@ -179,7 +179,16 @@ def value_errors(c: ml_collections.ConfigDict, device_count: int = 1) -> list[st
       *losses.config_errors(c.loss, c.tasks), *plateau.config_errors(c.plateau),
       *plateau.early_stopping_config_errors(c.early_stopping),
       *_evaluate_errors(c.evaluate), *checkpointing.config_errors(c.checkpoint),
+      *_aux_errors(c),
   ]
+
+
+def _aux_errors(c) -> list[str]:
+  """Auxiliary classifiers predict the combined classes: one head per task has no use for them."""
+  p = ConfigProblems('model', c.model)
+  p.check(not (c.model.aux_logits and c.tasks.names and c.tasks.mode == 'heads'), 'aux_logits',
+          "auxiliary classifiers need one head over the classes, not tasks.mode='heads'")
+  return p
 
 
 def _evaluate_errors(evaluate_config) -> list[str]:

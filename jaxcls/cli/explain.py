@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 
 from jaxcls.cli.common import quiet_libraries, reopen
-from jaxcls.evaluation.gradcam import explain_files, plot_gradcam
+from jaxcls.evaluation.gradcam import coarse_map_note, explain_files, plot_gradcam
 from jaxcls.evaluation.predict import list_image_files
 
 FLAGS = flags.FLAGS
@@ -49,7 +49,8 @@ def main(argv):
   if images is None:
     sys.exit('jaxcls explain: none of the images could be read')
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'report', 'gradcam.png')
-  plot_gradcam(kept, images, cams, probabilities, run.class_names, out, FLAGS.class_index)
+  plot_gradcam(kept, images, cams, probabilities, run.class_names, out, FLAGS.class_index,
+               note=coarse_map_note(run.model, images.shape[1]))
   print(f'Grad-CAM of {len(kept)} images (checkpoint step {run.step}) -> {out}')
 
 

@@ -354,4 +354,5 @@ def write_gradcam_section(workdir: str | Path, num_images: int = 8) -> Path:
   cams, probabilities = explain.explain_images(run, images)
   names = [f'test #{i}: true {run.class_names[label]}' for i, label in enumerate(labels)]
   return explain.plot_gradcam(names, images, cams, probabilities, run.class_names,
-                              Path(workdir) / 'report' / 'gradcam.png')
+                              Path(workdir) / 'report' / 'gradcam.png',
+                              note=explain.coarse_map_note(run.model, images.shape[1]))

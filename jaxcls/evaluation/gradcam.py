@@ -1,14 +1,12 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for a class lies.
 
-The forward pass is split at the last convolutional stage: `last_stage_and_head`
-returns that stage's activations A [batch, h, w, C] and the rest of the network
-as a function of them. The weight of channel c is the spatial mean of
+The forward pass is split at the last spatial stage: every model of the zoo
+says where that is (`jaxcls.models.interface.Classifier.last_stage`: the last
+convolution's output in the CNNs, the patch tokens entering the last block in
+a ViT) and gives the rest of the network as a function of those activations
+A [batch, h, w, C]. The weight of channel c is the spatial mean of
 d logit_target / d A_c, and the map is ReLU(sum_c w_c A_c), normalised to
-[0, 1] and upsampled to the image size.
-
-The split is written here per model family (ResNet, VGG, ConvNeXt) so that the
-models stay free of explanation hooks; any other module can take part by
-defining a `last_stage_and_head(x)` method of its own.
+[0, 1] and upsampled to the image size. Nothing here knows a family.
 
 `explain_files` and `plot_gradcam` apply it to a finished run's images and
 draw each next to its map (`python -m jaxcls.cli.explain`, the report's
@@ -17,7 +15,6 @@ gradcam.png).
 
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -32,71 +29,18 @@ from absl import logging
 from flax import nnx
 
 from jaxcls.evaluation import predict
-from jaxcls.models import convnext, resnet, vgg
+from jaxcls.models.interface import Classifier
 from jaxcls.training.steps import normalize
 
-StageAndHead = tuple[jax.Array, Callable[[jax.Array], jax.Array]]
-
-
-def last_stage_and_head(model: nnx.Module, x: jax.Array) -> StageAndHead:
+def last_stage_and_head(model: Classifier, x: jax.Array):
   """Normalised images -> (last stage's activations [batch, h, w, C], activations -> logits).
 
   `head(activations)` equals `model(x)`: the split changes nothing but where the
-  gradient is taken.
+  gradient is taken. Where the stage ends is the model's own to say
+  (`Classifier.last_stage`).
   """
-  if hasattr(model, 'last_stage_and_head'):
-    return model.last_stage_and_head(x)
-  if isinstance(model, resnet.ResNet):
-    return _resnet_split(model, x)
-  if isinstance(model, vgg.VGG):
-    return _vgg_split(model, x)
-  if isinstance(model, convnext.ConvNeXt):
-    return _convnext_split(model, x)
-  raise TypeError(f'Grad-CAM does not know where the last convolutional stage of a '
-                  f'{type(model).__name__} is; give it a last_stage_and_head(x) method.')
-
-
-def _resnet_split(model: resnet.ResNet, x: jax.Array) -> StageAndHead:
-  return model.feature_map(x), lambda a: model.fc(jnp.mean(a, axis=(1, 2)))
-
-
-def _vgg_split(model: vgg.VGG, x: jax.Array) -> StageAndHead:
-  # The stage ends at the last ReLU, before the last max-pool (features.29 in
-  # torchvision's VGG16, the layer Grad-CAM's authors used): one more pool would
-  # halve the map's resolution for nothing.
-  layers = list(model.features.layers)
-  last_relu = max(i for i, layer in enumerate(layers) if isinstance(layer, vgg.ReLU))
-  for layer in layers[:last_relu + 1]:
-    x = layer(x)
-
-  def head(a):
-    for layer in layers[last_relu + 1:]:
-      a = layer(a)
-    # vgg.Features.__call__'s pooling and flattening.
-    if model.features.pooling == 'gap':
-      a = jnp.mean(a, axis=(1, 2))
-    else:
-      a = vgg.adaptive_avg_pool(a, vgg._POOLED_SIZE)  # pylint: disable=protected-access
-      a = jnp.transpose(a, (0, 3, 1, 2)).reshape(a.shape[0], -1)
-    return getattr(model, model.head_name)(a)
-
-  return x, head
-
-
-def _convnext_split(model: convnext.ConvNeXt, x: jax.Array) -> StageAndHead:
-  # ConvNeXtFeatures.__call__, stopped before its global average pool.
-  for layer in model.features.layers:
-    if isinstance(layer, nnx.List):
-      for block in layer:
-        x = block(x)
-    else:
-      x = layer(x)
-
-  def head(a):
-    pooled = model.features.head_norm(jnp.mean(a, axis=(1, 2)))
-    return model.classifier.layers[2](pooled)
-
-  return x, head
+  activations, to_features = model.last_stage(x)
+  return activations, lambda a: model.classify(to_features(a))
 
 
 @nnx.jit
@@ -127,7 +71,7 @@ def gradcam(model: nnx.Module, images_normalised, class_index=None):
   """Grad-CAM maps of a batch: -> (cams [B, H, W] float32 in [0, 1], predicted [B] int32).
 
   Args:
-    model: a ResNet, VGG or ConvNeXt (or any module with `last_stage_and_head`).
+    model: any model of the zoo (`jaxcls.models.interface.Classifier`).
       It is used in eval mode (BatchNorm's running statistics, no dropout)
       whatever mode it is in; the model itself is not changed.
     images_normalised: [B, H, W, 3] float images, normalised as the model's
@@ -135,6 +79,9 @@ def gradcam(model: nnx.Module, images_normalised, class_index=None):
     class_index: the class to explain, an int or one per image; None (default)
       explains each image's predicted class.
   """
+  if not isinstance(model, Classifier):
+    raise TypeError(f'Grad-CAM explains models of the zoo (jaxcls.models.interface.Classifier), '
+                    f'not a {type(model).__name__}')
   images = jnp.asarray(images_normalised)
   if images.ndim != 4:
     raise ValueError(f'images must be [batch, height, width, channels], got {images.shape}')
@@ -144,6 +91,26 @@ def gradcam(model: nnx.Module, images_normalised, class_index=None):
                              images.shape[:1])
   cams, logits = _gradcam(model, images, targets)
   return cams, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def map_size(model: Classifier, image_size: int) -> tuple[int, int]:
+  """(height, width) of the last stage's map at this input size: the resolution of a Grad-CAM
+  map before it is upsampled (shapes only, nothing computed)."""
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shape = nnx.eval_shape(lambda m, x: last_stage_and_head(m, x)[0], model, images).shape
+  return shape[1], shape[2]
+
+
+def coarse_map_note(model: Classifier, image_size: int) -> str | None:
+  """Why the maps of this model at this input size cannot show where (a 1x1 last stage: the
+  32x-downsampling ImageNet nets on 32 px digits), or None; logged and put on the figure."""
+  height, width = map_size(model, image_size)
+  if height * width > 1:
+    return None
+  note = (f'{type(model).__name__}\'s last stage is {height}x{width} at {image_size}x{image_size} '
+          f'px: a Grad-CAM map cannot show where; a larger data.image_size can')
+  logging.warning('Grad-CAM: %s', note)
+  return note
 
 
 _MAX_PAIRS_PER_ROW = 4  # (image, overlay) pairs side by side before wrapping.
@@ -180,8 +147,9 @@ def explain_images(run, images: np.ndarray, class_index: int | None = None):
 
 
 def plot_gradcam(paths, images, cams, probabilities, class_names, out, class_index=None,
-                 alpha: float = 0.5, colormap: str = 'jet') -> Path:
-  """Writes the grid of (image, overlay) pairs to `out` (a PNG) and returns its path."""
+                 alpha: float = 0.5, colormap: str = 'jet', note: str | None = None) -> Path:
+  """Writes the grid of (image, overlay) pairs to `out` (a PNG) and returns its path; `note`
+  (e.g. `coarse_map_note`'s) goes above the grid."""
   count = len(images)
   pairs_per_row = min(count, _MAX_PAIRS_PER_ROW)
   rows = math.ceil(count / pairs_per_row)
@@ -204,6 +172,8 @@ def plot_gradcam(paths, images, cams, probabilities, class_names, out, class_ind
     if class_index is not None and class_index != predicted:
       title += f'\ncam: {class_names[class_index]}'
     overlay_ax.set_title(title, fontsize=9)
+  if note:
+    fig.suptitle(note, fontsize=10, color='darkred')
   fig.tight_layout()
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
 # torchvision and timm initialise every convolution and linear weight with a
@@ -108,15 +109,22 @@ class ConvNeXtFeatures(nnx.Module):
     self.layers = nnx.List(layers)  # `layers` is dropped from the keys, as nnx.Sequential's.
     self.head_norm = head_norm
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Images [batch, height, width, 3] -> normalised pooled features [batch, C]."""
+  def feature_map(self, x: jax.Array) -> jax.Array:
+    """Images [batch, height, width, 3] -> the last stage's activations, before pooling."""
     for layer in self.layers:
       if isinstance(layer, nnx.List):  # A stage: its CNBlocks.
         for block in layer:
           x = block(x)
       else:
         x = layer(x)
-    return self.head_norm(jnp.mean(x, axis=(1, 2)))
+    return x
+
+  def pool(self, feature_map: jax.Array) -> jax.Array:
+    return self.head_norm(mean_pool(feature_map))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Images [batch, height, width, 3] -> normalised pooled features [batch, C]."""
+    return self.pool(self.feature_map(x))
 
 
 # timm key prefix -> torchvision's. Stage i's downsampling is torchvision's
@@ -154,7 +162,7 @@ def timm_to_canonical(key: str) -> str:
   return f'<not a timm convnext key> {key}'
 
 
-class ConvNeXt(nnx.Module):
+class ConvNeXt(Classifier):
   """A ConvNeXt: 4x4/4 patch stem, four stages of CNBlocks, 2x2/2 downsampling between them.
 
   The head is torchvision's `classifier`: a LayerNorm of the pooled features
@@ -220,8 +228,8 @@ class ConvNeXt(nnx.Module):
         head_norm, _Flatten(), _linear(dims[-1], num_classes, dtype=dtype, rngs=rngs))
     self.num_features = dims[-1]
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.classifier.layers[2](self.features(x))
+  def last_stage(self, x: jax.Array) -> StageSplit:
+    return self.features.feature_map(x), self.features.pool
 
 
 _SIZES = {

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
 # torchvision's EfficientNet init: Kaiming-normal (fan_out) convolutions,
@@ -209,7 +210,7 @@ class ConvStack(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Images [batch, height, width, 3] -> pooled features [batch, channels]."""
-    return jnp.mean(self.feature_map(x), axis=(1, 2))
+    return mean_pool(self.feature_map(x))
 
 
 def stage_group_patterns(num_stages: int, head_name: str) -> tuple[tuple[str, str], ...]:
@@ -222,7 +223,7 @@ def stage_group_patterns(num_stages: int, head_name: str) -> tuple[tuple[str, st
   return tuple(groups)
 
 
-class EfficientNet(nnx.Module):
+class EfficientNet(Classifier):
   """An EfficientNet or EfficientNet-Lite, scaled from B0 by width and depth coefficients.
 
   Args:
@@ -247,7 +248,8 @@ class EfficientNet(nnx.Module):
       with 0.99, which after a few hundred steps still holds ImageNet's.
 
   `features(x)` is the pooled output of the 1x1 head convolution and
-  `__call__(x)` the Linear of it (after dropout in train mode).
+  `__call__(x)` the Linear of it (after dropout in train mode). Grad-CAM reads
+  that 1x1 convolution's activations, the last spatial ones.
   """
 
   head_name = 'classifier.1'
@@ -304,10 +306,16 @@ class EfficientNet(nnx.Module):
     self.stage_depths = tuple(depths)
     self.stage_expands = tuple(stage.expand_ratio != 1 for stage in stages)
     self.has_se = se_ratio is not None
-    self.group_patterns = stage_group_patterns(len(stages), self.head_name)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.classifier(self.features(x))
+  @property
+  def group_patterns(self):
+    return stage_group_patterns(len(self.stage_depths), self.head_name)
+
+  def last_stage(self, x: jax.Array) -> StageSplit:
+    return self.features.feature_map(x), mean_pool
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    return self.classifier(features)  # Dropout, then the Linear.
 
   @property
   def checkpoint_layouts(self):

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcls.models.interface import get_submodule
+
 _linear_init = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
@@ -70,13 +72,6 @@ class MultiTaskHead(nnx.Module):
 def _dropout_rngs(rngs: nnx.Rngs) -> nnx.Rngs:
   # create_model's Rngs has only a 'params' stream: derive the dropout stream from it.
   return rngs if 'dropout' in rngs else nnx.Rngs(dropout=rngs.params())
-
-
-def get_submodule(model: nnx.Module, dotted_path: str) -> nnx.Module:
-  module = model
-  for part in dotted_path.split('.'):
-    module = module.layers[int(part)] if part.isdigit() else getattr(module, part)
-  return module
 
 
 def replace_head(model: nnx.Module, head: nnx.Module) -> None:

@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxcls.models.efficientnet import (ConvStack, conv, conv_norm_act, dropout_rngs_for,
                                         make_divisible)
+from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
 # torchvision's MobileNetV2 init of the classifier: normal(0, 0.01), zero bias.
@@ -52,7 +53,7 @@ class InvertedResidual(nnx.Module):
     return x + y if self.use_residual else y
 
 
-class MobileNetV2(nnx.Module):
+class MobileNetV2(Classifier):
   """MobileNetV2: a 3x3/2 stem, 17 inverted residual blocks in 7 stages, a 1x1 conv to 1280.
 
   Args:
@@ -93,10 +94,16 @@ class MobileNetV2(nnx.Module):
         nnx.Dropout(dropout_rate, rngs=dropout_rngs),
         nnx.Linear(head_ch, num_classes, kernel_init=_linear_init, dtype=dtype, rngs=rngs))
     self.num_features = head_ch
-    self.group_patterns = _group_patterns()
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.classifier(self.features(x))
+  @property
+  def group_patterns(self):
+    return _group_patterns()
+
+  def last_stage(self, x: jax.Array) -> StageSplit:
+    return self.features.feature_map(x), mean_pool  # The 1x1 head convolution's output.
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    return self.classifier(features)  # Dropout, then the Linear.
 
   @property
   def checkpoint_layouts(self):

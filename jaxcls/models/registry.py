@@ -1,6 +1,7 @@
 """Name -> constructor registry, so configs pick architectures by name (as timm does)."""
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 from absl import logging
@@ -9,6 +10,7 @@ from flax import nnx
 from jaxcls.errors import ConfigProblems, either
 from jaxcls.models import heads
 from jaxcls.models.conv import LOWERINGS, set_conv_lowering
+from jaxcls.models.interface import check_model, interface_errors, model_class
 from jaxcls.pretrained import registry as tags
 from jaxcls.pretrained import store
 from jaxcls.pretrained.convert import match_layout
@@ -27,11 +29,20 @@ def register(name: str, *, layout_arch_kwargs: dict[str, dict] | None = None
   padding and BatchNorm epsilon 1e-3 in efficientnet_pytorch's layout, PyTorch's
   symmetric padding and 1e-5 in timm's and torchvision's), what a raw
   checkpoint of each layout needs.
+
+  The constructor must build a `jaxcls.models.interface.Classifier` that
+  defines the interface's own members (last_stage, group_patterns, head_name;
+  features is checked on the built model): a family that does not is refused here, not found out by
+  Grad-CAM at the end of a run.
   """
 
   def add(constructor):
     if name in _MODELS:
       raise ValueError(f'model {name!r} is registered twice')
+    problems = interface_errors(model_class(constructor))
+    if problems:
+      raise TypeError(f'model {name!r} does not implement the model interface: '
+                      + '; '.join(problems))
     _MODELS[name] = constructor
     if layout_arch_kwargs:
       _LAYOUT_ARCH_KWARGS[name] = layout_arch_kwargs
@@ -42,6 +53,11 @@ def register(name: str, *, layout_arch_kwargs: dict[str, dict] | None = None
 
 def list_models() -> list[str]:
   return sorted(_MODELS)
+
+
+def model_family(name: str) -> type:
+  """The class a registered name builds (ResNet for 'resnet50')."""
+  return model_class(_MODELS[name.partition('.')[0]])
 
 
 def create_model(name: str, num_classes: int = 1000, *, seed: int = 0,
@@ -86,6 +102,7 @@ def create_model_with_info(name: str, num_classes: int = 1000, *, seed: int = 0,
     pretrained = name if tag else tags.default_tag(arch)
   if not pretrained:
     model = _MODELS[arch](num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+    check_model(model)
     return set_conv_lowering(model, conv_lowering), None
   weights = store.resolve(str(pretrained), arch)
   state = store.read_state(weights)
@@ -97,6 +114,7 @@ def create_model_with_info(name: str, num_classes: int = 1000, *, seed: int = 0,
                     {k: v for k, (_, v) in overridden.items()})
   built = {**needed, **kwargs}
   model = _MODELS[arch](num_classes=num_classes, rngs=nnx.Rngs(seed), **built)
+  check_model(model)
   info = store.load_pretrained(model, weights, arch=arch, state=state)
   info = dataclasses.replace(info, arch_kwargs={k: built[k] for k in needed})
   return set_conv_lowering(model, conv_lowering), info
@@ -127,7 +145,12 @@ def weights_arch_kwargs(arch: str, weights, state=None, **kwargs) -> dict:
 
 
 # config.model fields that are constructor arguments of some families only, when set.
-ARCH_FIELDS = ('padding', 'batch_norm_epsilon')
+ARCH_FIELDS = ('padding', 'batch_norm_epsilon', 'aux_logits')
+
+
+def accepts(name: str, argument: str) -> bool:
+  """Whether the registered model's constructor takes `argument` (e.g. 'aux_logits')."""
+  return argument in inspect.signature(model_class(_MODELS[name]).__init__).parameters
 
 
 DTYPES = ('float32', 'bfloat16')
@@ -146,15 +169,20 @@ def config_errors(model_config) -> list[str]:
   p.check(c.padding in ('', 'same', 'symmetric'), 'padding',
           "expected 'same', 'symmetric' or empty (the weights')")
   p.check(c.batch_norm_epsilon >= 0, 'batch_norm_epsilon', 'must be >= 0 (0: automatic)')
+  known = c.name in list_models()
   for field in ARCH_FIELDS:
-    p.check(not c[field] or c.name.startswith('efficientnet'), field,
-            f'only EfficientNets take it, not {c.name}')
+    takers = [n for n in list_models() if accepts(n, field)]
+    families = sorted({model_family(n).__name__ for n in takers})
+    p.check(not c.get(field) or not known or c.name in takers, field,
+            f'only {", ".join(families)} take it, not {c.name}')
+  p.check(c.get('aux_weight', 0.3) >= 0, 'aux_weight', 'must be >= 0')
   p.check(0 <= c.head_dropout < 1, 'head_dropout', 'must be in [0, 1)')
   return p
 
 
 def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
-                      pretrained: bool = True, return_info: bool = False):
+                      pretrained: bool = True, return_info: bool = False,
+                      image_size: int | None = None):
   """The model `config.model` describes, for these classes, with its configured head.
 
   Args:
@@ -166,6 +194,9 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
     pretrained: load `model_config.pretrained` (off to build a skeleton that
       a checkpoint restore fills anyway).
     return_info: also return the weights' `PretrainedInfo` (None from scratch).
+    image_size: the input size (`config.data.image_size`), for the models
+      whose parameters depend on it (a ViT's position embeddings, resampled
+      from the checkpoint's size as timm does).
 
   Pretrained weights load into the architecture's own head first (kept when
   the classes match), then a configured MLP or multi-task head replaces it.
@@ -176,6 +207,10 @@ def model_from_config(model_config, class_names, tasks=None, *, seed: int = 0,
   if model_config.width:
     kwargs['width'] = model_config.width
   kwargs.update({k: model_config[k] for k in ARCH_FIELDS if model_config.get(k)})
+  if model_config.get('aux_logits'):
+    kwargs['aux_weight'] = model_config.aux_weight
+  if image_size and accepts(model_config.name, 'img_size'):
+    kwargs['img_size'] = image_size
   model, info = create_model_with_info(
       model_config.name, len(class_names), seed=seed,
       pretrained=model_config.pretrained if pretrained else None, **kwargs)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
 # torchvision initialises convolutions with Kaiming-normal (fan_out) and the
@@ -89,7 +90,7 @@ def _downsample(in_ch, out_ch, stride, *, dtype, rngs):
       _batch_norm(out_ch, dtype=dtype, rngs=rngs))
 
 
-class ResNet(nnx.Module):
+class ResNet(Classifier):
   """A ResNet; `stem='imagenet'` is torchvision's, `stem='cifar'` is He et al.'s CIFAR net.
 
   The ImageNet stem is a 7x7/2 convolution and a 3x3/2 max-pool; the CIFAR stem
@@ -144,10 +145,10 @@ class ResNet(nnx.Module):
 
   def features(self, x: jax.Array) -> jax.Array:
     """Images [batch, height, width, 3] -> pooled features [batch, num_features]."""
-    return jnp.mean(self.feature_map(x), axis=(1, 2))
+    return mean_pool(self.feature_map(x))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc(self.features(x))
+  def last_stage(self, x: jax.Array) -> StageSplit:
+    return self.feature_map(x), mean_pool
 
 
 _IMAGENET = {

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
 # torchvision initialises convolutions with Kaiming-normal (fan_out), Linear
@@ -87,16 +88,37 @@ class Features(nnx.Module):
     self.layers = nnx.List(layers)
     self.pooling = pooling
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for layer in self.layers:
+  def last_stage(self, x: jax.Array) -> StageSplit:
+    """-> (the activations after the last ReLU, their pooled features).
+
+    The stage ends there, before the last max-pool (features.29 in
+    torchvision's VGG16, the layer Grad-CAM's authors used): one more pool
+    would halve the map's resolution for nothing.
+    """
+    layers = list(self.layers)
+    last_relu = max(i for i, layer in enumerate(layers) if isinstance(layer, ReLU))
+    for layer in layers[:last_relu + 1]:
       x = layer(x)
+
+    def to_features(a):
+      for layer in layers[last_relu + 1:]:
+        a = layer(a)
+      return self.pool(a)
+
+    return x, to_features
+
+  def pool(self, x: jax.Array) -> jax.Array:
     if self.pooling == 'gap':
-      return jnp.mean(x, axis=(1, 2))
+      return mean_pool(x)
     x = adaptive_avg_pool(x, _POOLED_SIZE)
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's flatten order.
 
+  def __call__(self, x: jax.Array) -> jax.Array:
+    activations, to_features = self.last_stage(x)
+    return to_features(activations)
 
-class VGG(nnx.Module):
+
+class VGG(Classifier):
   """A VGG; `cfg` is one of torchvision's 'A' (11), 'B' (13), 'D' (16), 'E' (19).
 
   Heads:
@@ -155,36 +177,42 @@ class VGG(nnx.Module):
         layers.append(nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs))
       layers.append(ReLU())
       in_ch = out_ch
-    # Parameter groups from input to output: block1..block5, then the head
-    # (torchvision's `classifier`, or `fc` with head='gap').
-    self.group_patterns = tuple(
-        (f'block{i + 1}', rf'features/layers/({"|".join(map(str, indices))})(/|$)')
-        for i, indices in enumerate(block_layers) if indices) + (
-            ('head', r'(classifier|fc)(/|$)'),)
+    self.block_layers = tuple(tuple(indices) for indices in block_layers if indices)
+    self.head_kind = head
     self.features = Features(layers, pooling='gap' if head == 'gap' else 'adaptive')
     linear = functools.partial(nnx.Linear, kernel_init=_linear_init,
                                bias_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
     if head == 'gap':
       self.num_features = in_ch
-      self.head_name = 'fc'
       self.fc = linear(in_ch, num_classes)
       return
     hidden = 4096 * width // 64
     self.num_features = in_ch * _POOLED_SIZE**2
-    self.head_name = 'classifier'
     self.classifier = nnx.Sequential(
         linear(self.num_features, hidden), ReLU(), _dropout(dropout_rate, rngs),
         linear(hidden, hidden), ReLU(), _dropout(dropout_rate, rngs),
         linear(hidden, num_classes))
 
   @property
+  def head_name(self) -> str:
+    return 'fc' if self.head_kind == 'gap' else 'classifier'
+
+  @property
+  def group_patterns(self):
+    """Parameter groups from input to output: block1..block5 (each ending in its
+    max-pool), then the head (torchvision's `classifier`, or `fc` with head='gap')."""
+    return tuple((f'block{i + 1}', rf'features/layers/({"|".join(map(str, indices))})(/|$)')
+                 for i, indices in enumerate(self.block_layers)) + (
+                     ('head', r'(classifier|fc)(/|$)'),)
+
+  def last_stage(self, x: jax.Array) -> StageSplit:
+    return self.features.last_stage(x)
+
+  @property
   def checkpoint_layouts(self):
     if self.head_name == 'fc':  # A torchvision checkpoint's backbone, its classifier dropped.
       return {'torchvision_features': lambda k: None if k.startswith('classifier.') else k}
     return {}
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return getattr(self, self.head_name)(self.features(x))
 
 
 def _dropout(rate, rngs):

@@ -69,8 +69,9 @@ def _as_is(value: np.ndarray, target_shape: tuple[int, ...], key: str) -> np.nda
   return np.asarray(value)
 
 
-def _head_prefix(model: nnx.Module) -> str:
-  return getattr(model, 'head_name', 'fc')
+def _class_prefixes(model: nnx.Module) -> tuple[str, ...]:
+  """Key prefixes of the layers sized by the number of classes (`Classifier.class_layers`)."""
+  return tuple(f'{path}.' for path in model.class_layers)
 
 
 def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
@@ -78,22 +79,25 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
   """Copies `state_dict` into `model` in place; returns the layout it matched.
 
   Args:
-    model: a jaxcls model; `model.checkpoint_layouts` (optional) maps layout
-      names to functions renaming a source key to its canonical key (or None
-      for keys to drop).
+    model: a jaxcls model (`jaxcls.models.interface.Classifier`): its
+      `checkpoint_layouts` map layout names to functions renaming a source
+      key to its canonical key (or None for keys to drop).
     state_dict: PyTorch key -> numpy array (see `jaxcls.pretrained.checkpoint_files`).
     layout: the checkpoint's layout; None tries the canonical one, then each of
       the model's, and takes the first that matches every key. 'jaxcls': keys
       canonical and tensors already in Flax's layout (a converted checkpoint).
-    keep_head: False leaves the classifier head (`model.head_name`) as
-      initialised and ignores the checkpoint's head, e.g. for a new number of
-      classes; None keeps it exactly when its shapes fit the model's head.
+    keep_head: False leaves the classifier head (`model.class_layers`: the
+      head and any auxiliary classifier) as initialised and ignores the
+      checkpoint's, e.g. for a new number of classes; None keeps them exactly
+      when their shapes fit the model's.
   """
   name, plan = _match(model, state_dict, layout, keep_head)
   convert_tensor = _as_is if name == 'jaxcls' else to_flax
   shape_errors, converted = [], {}
   for canonical, (key, value, variable) in plan.items():
     try:
+      # E.g. ViT's position embeddings resampled to the model's input size.
+      value = model.adapt_checkpoint_tensor(canonical, value, tuple(variable.shape))
       converted[canonical] = convert_tensor(value, variable.shape, key)
     except CheckpointMismatchError as e:
       shape_errors.append(str(e))
@@ -116,7 +120,7 @@ def _match(model, state_dict, layout, keep_head) -> tuple[str, dict]:
   if layout == 'jaxcls':  # Canonical keys, Flax layout: written by save_converted.
     return layout, _plan(model, state_dict, identity, keep_head)
   layouts: dict[str, Callable[[str], str | None]] = {'torchvision': identity}
-  layouts.update(getattr(model, 'checkpoint_layouts', {}))
+  layouts.update(model.checkpoint_layouts)  # A model's own 'torchvision' replaces the identity.
   if layout is not None and layout not in layouts:
     raise ValueError(f'unknown checkpoint layout {layout!r}; this model reads {sorted(layouts)}')
   candidates = [layout] if layout else list(layouts)
@@ -134,7 +138,7 @@ def _match(model, state_dict, layout, keep_head) -> tuple[str, dict]:
 
 
 def _plan(model, state_dict, rename, keep_head) -> dict:
-  head = _head_prefix(model) + '.'
+  heads = _class_prefixes(model)
   source = {}
   for key, value in state_dict.items():
     if key.endswith(_IGNORED_SUFFIXES):
@@ -151,8 +155,8 @@ def _plan(model, state_dict, rename, keep_head) -> dict:
   targets = {canonical_key(path): variables[path] for path in variables}
   if keep_head is None:
     keep_head = all(k in source and np.size(source[k][1]) == np.prod(v.shape)
-                    for k, v in targets.items() if k.startswith(head))
-  skipped = lambda k: not keep_head and k.startswith(head)  # noqa: E731
+                    for k, v in targets.items() if k.startswith(heads))
+  skipped = lambda k: not keep_head and k.startswith(heads)  # noqa: E731
   missing = [k for k in targets if k not in source and not skipped(k)]
   unused = [source[k][0] for k in source if k not in targets and not skipped(k)]
   if missing or unused:

@@ -218,6 +218,18 @@ def _register_defaults():
                                    interpolation='bicubic', kwargs=SYMMETRIC))
   register_pretrained(_timm('efficientnet_b0', 'ra_in1k', 'efficientnet_b0.ra_in1k',
                             kwargs=SYMMETRIC))
+  # torchvision's GoogLeNet was ported from TF's, trained on (x - 0.5) / 0.5: it takes
+  # ImageNet-normalised input and converts it (`transform_input`), as torchvision's does.
+  register_pretrained(_torchvision('googlenet', 'tv_in1k', 'googlenet-1378be20.pth',
+                                   kwargs=(('transform_input', True),)))
+  register_pretrained(_torchvision('vit_base_patch16', 'tv_in1k', 'vit_b_16-c867db91.pth'))
+  for size in ('tiny', 'small', 'base'):
+    # AugReg (Steiner et al. 2021): ImageNet-21k, fine-tuned on 1k, on (x - 0.5) / 0.5.
+    register_pretrained(_timm(f'vit_{size}_patch16', 'augreg_in21k_ft_in1k',
+                              f'vit_{size}_patch16_224.augreg_in21k_ft_in1k', crop=0.9,
+                              mean=(0.5,) * 3, std=(0.5,) * 3))
+    register_pretrained(_timm(f'vit_{size}_patch16', 'deit_in1k',
+                              f'deit_{size}_patch16_224.fb_in1k'))  # DeiT: ImageNet-1k only.
   for b, (size, crop) in enumerate(((224, 0.875), (240, 0.882), (260, 0.890), (300, 0.904),
                                     (380, 0.922), (456, 0.934), (528, 0.942), (600, 0.949))):
     register_pretrained(_timm(f'efficientnet_b{b}', 'tf_aa_in1k',
@@ -232,6 +244,8 @@ TIMM_ARCHS = {
     **{f'tf_efficientnet_b{b}': (f'efficientnet_b{b}', TF_SAME) for b in range(8)},
     **{f'tf_efficientnet_lite{v}': (f'efficientnet_lite{v}', TF_SAME) for v in range(5)},
     'mobilenetv2_100': ('mobilenet_v2', ()),
+    **{f'{family}_{s}_patch16_224': (f'vit_{s}_patch16', ()) for family in ('vit', 'deit')
+       for s in ('tiny', 'small', 'base')},
 }
 
 _register_defaults()

@@ -180,9 +180,18 @@ def parse_lr_multipliers(text: str, groups: Sequence[str]) -> dict[str, float]:
 
 
 def plan_from_config(finetune: ml_collections.ConfigDict, groups: Sequence[str],
-                     num_epochs: int) -> FinetunePlan:
-  """`config.finetune` and the model's groups -> the plan; errors name the bad field."""
-  groups = tuple(groups)
+                     num_epochs: int, tied_groups: Mapping[str, str] | None = None
+                     ) -> FinetunePlan:
+  """`config.finetune` and the model's groups -> the plan; errors name the bad field.
+
+  `tied_groups` (the model's, `Classifier.tied_groups`) train whenever the
+  group they are tied to does (GoogLeNet's auxiliary heads with inception4):
+  strategies count groups without them (`partial`'s K, `unfreeze_every`'s
+  steps, `layer_decay`'s depths, where a tied group takes its anchor's rate),
+  and a schedule may still name them.
+  """
+  all_groups, tied = tuple(groups), dict(tied_groups or {})
+  groups = tuple(g for g in all_groups if g not in tied)
   strategy = finetune.strategy
   if strategy == 'full':
     phases = ((0, groups),)
@@ -196,10 +205,10 @@ def plan_from_config(finetune: ml_collections.ConfigDict, groups: Sequence[str],
                           f'this model has {len(groups) - 1} such groups {list(groups[:-1])}')
     phases = ((0, groups[len(groups) - 1 - k:]),)
   elif strategy == 'gradual':
-    phases = _gradual_phases(finetune, groups, num_epochs)
+    phases = _gradual_phases(finetune, groups, num_epochs, all_groups)
   else:
     raise _config_error('strategy', strategy, f'expected one of {STRATEGIES}')
-  multipliers = {g: 1.0 for g in groups}
+  multipliers = {g: 1.0 for g in all_groups}
   decay = finetune.layer_decay
   if decay:
     if not 0 < decay <= 1:
@@ -207,17 +216,21 @@ def plan_from_config(finetune: ml_collections.ConfigDict, groups: Sequence[str],
     # timm's layer-wise decay: the head at the full rate, each group before it `decay` times less.
     for depth, name in enumerate(reversed(groups)):
       multipliers[name] = decay**depth
-  for name, value in parse_lr_multipliers(finetune.lr_multipliers, groups).items():
+    multipliers.update({name: multipliers[anchor] for name, anchor in tied.items()})
+  for name, value in parse_lr_multipliers(finetune.lr_multipliers, all_groups).items():
     multipliers[name] *= value
-  return FinetunePlan(groups=groups, phases=phases, lr_multipliers=multipliers)
+  phases = tuple((epoch, tuple(g for g in all_groups
+                               if g in trainable or tied.get(g) in trainable))
+                 for epoch, trainable in phases)
+  return FinetunePlan(groups=all_groups, phases=phases, lr_multipliers=multipliers)
 
 
-def _gradual_phases(finetune, groups, num_epochs):
+def _gradual_phases(finetune, groups, num_epochs, all_groups):
   if finetune.unfreeze_schedule and finetune.unfreeze_every:
     raise _config_error('unfreeze_every', finetune.unfreeze_every,
                         'give unfreeze_schedule or unfreeze_every, not both')
   if finetune.unfreeze_schedule:
-    schedule = parse_unfreeze_schedule(finetune.unfreeze_schedule, groups)
+    schedule = parse_unfreeze_schedule(finetune.unfreeze_schedule, all_groups)
     if 0 not in schedule:
       raise _config_error('unfreeze_schedule', finetune.unfreeze_schedule,
                           'say what trains from epoch 0, e.g. "0:head 3:stage4"')
@@ -230,7 +243,7 @@ def _gradual_phases(finetune, groups, num_epochs):
                         'gradual needs unfreeze_schedule ("0:head 3:stage4") or unfreeze_every > 0')
   phases, trainable = [], ()
   for epoch in sorted(schedule):
-    trainable = tuple(g for g in groups if g in trainable or g in schedule[epoch])
+    trainable = tuple(g for g in all_groups if g in trainable or g in schedule[epoch])
     if epoch < num_epochs or not phases:
       phases.append((epoch, trainable))
   return tuple(phases)
@@ -288,9 +301,14 @@ def config_errors(finetune_config: ml_collections.ConfigDict,
   if model_config.name not in list_models() or model_config.width < 0:
     return []
   kwargs = {'width': model_config.width} if model_config.width else {}
-  model = nnx.eval_shape(lambda: create_model(model_config.name, 2, **kwargs))
+  if model_config.get('aux_logits'):
+    kwargs['aux_logits'] = True
   try:
-    plan_from_config(finetune_config, group_names(model), num_epochs)
+    model = nnx.eval_shape(lambda: create_model(model_config.name, 2, **kwargs))
+  except (TypeError, ValueError):
+    return []  # A constructor argument the model does not take: config.model's checks say so.
+  try:
+    plan_from_config(finetune_config, group_names(model), num_epochs, model.tied_groups)
   except ConfigError as e:
     return [str(e)]
   return []

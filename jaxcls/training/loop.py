@@ -138,7 +138,8 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
   steps_per_epoch = _steps_per_epoch(config, dataset)
   learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch,
                                                   config.train.num_epochs)
-  plan = finetune.plan_from_config(config.finetune, parts.groups, config.train.num_epochs)
+  plan = finetune.plan_from_config(config.finetune, parts.groups, config.train.num_epochs,
+                                   parts.tied_groups)
   logging.info('parameter groups: %s; fine-tuning %s: %s', ', '.join(plan.groups),
                config.finetune.strategy, '; '.join(
                    f'from epoch {e}: {", ".join(t)}' for e, t in plan.phases))

@@ -31,6 +31,7 @@ class RunParts:
   params: nnx.State  # Arrays, or jax.ShapeDtypeStruct for an abstract build.
   model_state: nnx.State  # BatchNorm statistics and the like.
   group_patterns: finetune.GroupPatterns
+  tied_groups: dict  # Groups that train with another (`Classifier.tied_groups`).
   pretrained: PretrainedInfo | None  # The weights loaded; None from scratch or abstract.
 
   @property
@@ -55,7 +56,8 @@ def build_run(config: ml_collections.ConfigDict, class_names: Sequence[str], *,
   heads_per_task = tasks is not None and config.tasks.mode == 'heads'
   build = lambda: model_from_config(  # noqa: E731
       config.model, class_names, tasks if heads_per_task else None, seed=config.seed,
-      pretrained=pretrained and not abstract, return_info=True)
+      pretrained=pretrained and not abstract, return_info=True,
+      image_size=config.data.image_size)
   model, info = nnx.eval_shape(build) if abstract else build()
   finetune.group_names(model)  # Raises unless the groups end with the head.
   train_graph, eval_graph, params, model_state = split_model(model)
@@ -63,4 +65,5 @@ def build_run(config: ml_collections.ConfigDict, class_names: Sequence[str], *,
                   train_graph=train_graph, eval_graph=eval_graph, params=params,
                   model_state=model_state,
                   group_patterns=tuple((n, p) for n, p in model.group_patterns),
+                  tied_groups=dict(model.tied_groups),
                   pretrained=None if abstract else info)

@@ -176,7 +176,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
 
   With `spec.task_loss_weights`, the model's head is a `MultiTaskHead` and the
   loss is the weighted sum of the per-task losses, each task's targets mixed
-  with the same lambdas.
+  with the same lambdas. A model with auxiliary classifiers in training
+  (`Classifier.logits_and_aux`: GoogLeNet's) adds `model.aux_weight` times
+  each one's loss, as the paper trains; the metrics' logits are the main head's.
   """
   images, draw = augment_and_mix(state.rng, state.step, batch['image'], augment_config=spec.augment,
                                  mixup=spec.mixup)
@@ -209,7 +211,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
 def _loss_and_logits(model, images, labels, draw, spec: StepSpec):
   """(mean loss, float32 logits, labels for the metrics) of one batch, targets mixed by `draw`."""
   if spec.task_loss_weights is None:
-    logits = model(images).astype(jnp.float32)
+    # Auxiliary classifiers (GoogLeNet's) give logits only while they train.
+    logits, aux_logits = model.logits_and_aux(images)
+    logits = logits.astype(jnp.float32)
     targets = {'class': jax.nn.one_hot(labels, logits.shape[-1])}
   else:
     head = get_submodule(model, model.head_name)
@@ -220,6 +224,8 @@ def _loss_and_logits(model, images, labels, draw, spec: StepSpec):
     targets, dominant = mix_targets(draw, targets)
   if spec.task_loss_weights is None:
     loss = spec.loss_fn(logits, targets['class']).mean()
+    for aux in aux_logits:  # The same targets, mixed alike, weighted by the model's aux weight.
+      loss += model.aux_weight * spec.loss_fn(aux.astype(jnp.float32), targets['class']).mean()
   else:
     loss, logits = multitask_loss(model, images, targets['tasks'], spec.task_loss_weights,
                                   spec.loss_fn)
