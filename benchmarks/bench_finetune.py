@@ -22,6 +22,7 @@ from jaxcls.training import finetune, parallel
 from jaxcls.config import default_config
 from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.models import create_model
+from jaxcls.models.registry import accepts
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
 from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
@@ -39,7 +40,8 @@ _JSON = flags.DEFINE_string('json', None, 'Also write the figures to this JSON f
 def _strategy_step(name: str, strategy: str, batch):
   config = default_config()
   config.finetune.strategy = strategy
-  model = create_model(name, 1000, dtype=_DTYPE.value)
+  size = {'img_size': _IMAGE_SIZE.value} if accepts(name, 'img_size') else {}  # ViTs.
+  model = create_model(name, 1000, dtype=_DTYPE.value, **size)
   plan = finetune.plan_from_config(config.finetune, finetune.group_names(model), 1)
   labels = finetune.param_labels(model, nnx.state(model, nnx.Param))
   lr = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)

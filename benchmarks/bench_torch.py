@@ -1,6 +1,6 @@
 r"""PyTorch twin of `python benchmarks/bench_train_step.py`: the same models, step and table, in torch.
 
-    # GPU (torch + torchvision): torch.compile against eager, bf16 autocast.
+    # GPU (torch + torchvision, timm for the ViTs): torch.compile against eager, bf16 autocast.
     python benchmarks/bench_torch.py --models=resnet50 --image_sizes=224 --dtypes=bfloat16 \
         --batch_sizes=256 --compile=on,off
     # CPU (torch only; the models come from tests/torch_*.py):
@@ -100,13 +100,12 @@ def _first_line(e):
 
 
 @functools.cache
-def _torchvision():
-  """torchvision, or None: it fails to import on some machines (not only ImportError)."""
+def _optional(module):
+  """torchvision or timm, or None: they fail to import on some machines (not only ImportError)."""
   try:
-    return importlib.import_module('torchvision')
+    return importlib.import_module(module)
   except Exception as e:  # pylint: disable=broad-except
-    print(f'# torchvision unavailable ({_first_line(e)}); '
-          f'models from {TESTS}')
+    print(f'# {module} unavailable ({_first_line(e)}); models from {TESTS}')
     return None
 
 
@@ -114,8 +113,12 @@ _REFERENCES = ('resnet', 'vgg', 'convnext')  # tests/torch_{family}.py defines {
 
 
 def model_source(name):
-  """'torchvision' where it imports (not for the CIFAR ResNets: it has none), else our file."""
-  if not name.startswith('cifar_') and _torchvision() is not None:
+  """Where the torch twin of a jaxcls model comes from: torchvision where it imports (not for
+  the CIFAR ResNets: it has none), timm for the ViTs (jaxcls's are timm's; torchvision has no
+  ViT-S), else our transcription in tests/."""
+  if name.startswith('vit_'):
+    return 'timm' if _optional('timm') is not None else 'tests/torch_vit.py'
+  if not name.startswith('cifar_') and _optional('torchvision') is not None:
     return 'torchvision'
   family = next((f for f in _REFERENCES if f in name), None)
   if family is None:
@@ -124,12 +127,17 @@ def model_source(name):
 
 
 def build_model(name, num_classes):
-  """torchvision's model where it imports, else our transcription of it."""
+  """torchvision's or timm's model where they import, else our transcription of it."""
   source = model_source(name)
   if source == 'torchvision':
-    return getattr(_torchvision().models, name)(weights=None, num_classes=num_classes)
+    return getattr(_optional('torchvision').models, name)(weights=None, num_classes=num_classes)
+  if source == 'timm':  # vit_small_patch16 -> timm's vit_small_patch16_224.
+    return _optional('timm').create_model(f'{name}_224', pretrained=False,
+                                          num_classes=num_classes)
   if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
+  if source == 'tests/torch_vit.py':
+    return importlib.import_module('torch_vit').timm_vit(name, num_classes=num_classes)
   family = Path(source).stem.removeprefix('torch_')
   return getattr(importlib.import_module(f'torch_{family}'), family)(name, num_classes=num_classes)
 

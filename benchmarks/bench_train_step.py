@@ -61,6 +61,7 @@ from jaxcls.training.metrics import eval_metrics_class
 from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model
 from jaxcls.models.conv import LOWERINGS, set_conv_lowering
+from jaxcls.models.registry import accepts
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
 from jaxcls.training.steps import StepSpec, create_train_state, jit_steps
 
@@ -167,6 +168,8 @@ def build(case: Case, config, num_classes: int):
   lowered to a patch matmul also counts the kernel taps that fall on padding)."""
   mesh = parallel.data_mesh(jax.devices()[:case.devices])
   kwargs = dict(dtype=case.dtype, **({'width': _WIDTH.value} if _WIDTH.value else {}))
+  if accepts(case.model, 'img_size'):  # A ViT's position embeddings fix its input size.
+    kwargs['img_size'] = case.image_size
   model = create_model(case.model, num_classes, conv_lowering=case.conv_lowering, **kwargs)
   learning_rate_fn = learning_rate_schedule(config.optimizer, steps_per_epoch=100, num_epochs=1)
   tx = create_optimizer(config.optimizer, learning_rate_fn)

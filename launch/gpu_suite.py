@@ -25,8 +25,8 @@ interpreter start-ups included, stays inside 8 minutes):
                   partial and gradual unfreezing; wall time, images/s, test accuracy
   resnet50_more   float32 at batch 256 and bfloat16 at batch 512
   torch_more      the PyTorch twin in float32, eager
-  zoo             ConvNeXt-T, EfficientNet-B0, MobileNetV2 (bfloat16, 224, batch 256)
-  torch_zoo       their PyTorch twins, torch.compile on and off
+  zoo             ConvNeXt-T, EfficientNet-B0, MobileNetV2, ViT-S/16 (bfloat16, 224, batch 256)
+  torch_zoo       their PyTorch twins (torchvision's; timm's ViT), torch.compile on and off
 
 A part that does not fit in the time left is skipped and says so; a part that
 fails or runs out of time keeps the rows it wrote. DIR receives suite.json
@@ -95,7 +95,8 @@ class Sizes:
 
 FULL = Sizes(
     image_size=224, batch=256, big_batch=512, resnet='resnet50', width=0,
-    zoo=('convnext_tiny', 'efficientnet_b0', 'mobilenet_v2'), steps=6, repeats=3, warmup=3,
+    zoo=('convnext_tiny', 'efficientnet_b0', 'mobilenet_v2', 'vit_small_patch16'), steps=6,
+    repeats=3, warmup=3,
     threads=(4, 16), torch_compile=('on', 'off'),
     finetune_strategies=('full', 'partial', 'feature_extraction'),
     cifar_rows=('full', 'partial', 'gradual'), cifar_model='efficientnet_lite0',
