@@ -56,6 +56,7 @@ def _run_label(part: str) -> str:
 
 JAX_STEP_PARTS = ('resnet50', 'resnet50_more', 'zoo')
 TORCH_PARTS = ('torch_resnet50', 'torch_more', 'torch_zoo')
+TORCH_TWINS = dict(zip(JAX_STEP_PARTS, TORCH_PARTS))  # The part that times the same cases.
 
 
 def step_tables(results: dict) -> list[str]:
@@ -66,15 +67,20 @@ def step_tables(results: dict) -> list[str]:
   key = lambda r: (r['model'], r['image_size'], r['dtype'], r['batch_size'])  # noqa: E731
   keys = list(dict.fromkeys([key(r) for r in jax_rows] + [key(r) for r in torch_rows]))
 
-  def torch_of(k, variant):
+  def torch_of(k, variant, jax_row):
+    """The torch row of the same case, from the JAX part's twin in the same run if any."""
     found = [r for r in torch_rows if key(r) == k and r['variant'].startswith(variant)]
+    if jax_row is not None:
+      kind, _, run = jax_row['part'].partition('#')
+      twin = TORCH_TWINS[kind] + (f'#{run}' if run else '')
+      found = [r for r in found if r['part'] == twin] or found
     return found[-1] if found else None
 
   throughput, costs = [], []
   for k in keys:
     jax_found = [r for r in jax_rows if key(r) == k] or [None]
-    compiled, eager = torch_of(k, 'compile'), torch_of(k, 'eager')
     for j in jax_found:
+      compiled, eager = torch_of(k, 'compile', j), torch_of(k, 'eager', j)
       train = j and j['train_images_per_second']
       throughput.append([
           k[0] + (_run_label(j['part']) if j else ''), k[1], k[2], k[3],

@@ -190,8 +190,10 @@ _SHARDED_SCRIPT = textwrap.dedent('''
     one = mix(key, jnp.asarray(images), targets)
     four = mix(key, jax.device_put(images, sharded), jax.device_put(targets, sharded))
     assert len(four.images.sharding.device_set) == 4, four.images.sharding
+    # The same draws: equal to the last bit but for the rounding of a fused multiply-add,
+    # which XLA may vectorise differently for a quarter of the batch (seen: 1 element in 48).
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=0)
     assert (np.asarray(one.lam) < 1).any()
     print('OK')
 ''')
