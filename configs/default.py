@@ -304,6 +304,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 'stop': training then stops with an error naming the step and the last
   # good checkpoint; 'skip': training goes on without that step.
   train.nonfinite = 'stop'
+  # With 'skip': an epoch in which more than this fraction of the steps were
+  # skipped stops the run (a model that diverged does not train on), as do
+  # validation metrics that are not finite; results.json counts each epoch's
+  # skipped steps (`skipped_steps`) and leaves them out of its train loss.
+  train.max_skipped_fraction = 0.5
   # Write training metrics every this many steps (they are averaged over
   # those steps on the device and fetched once).
   train.log_every_steps = 20

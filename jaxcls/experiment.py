@@ -13,6 +13,8 @@ import ml_collections
 from absl import logging
 
 from jaxcls.config import resolve_automatic_fields, validate
+from jaxcls.data import sources as data_sources
+from jaxcls.errors import ConfigError
 from jaxcls.evaluation.evaluate import report_finished_run
 from jaxcls.training.loop import fit
 
@@ -26,6 +28,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   compiles for a config that cannot run. The rest is `jaxcls.training.loop.fit`.
   """
   validate(config, device_count=jax.device_count())
+  problem = data_sources.unavailable(config.data)
+  if problem:  # Before the workdir exists: a typo in a path leaves nothing behind.
+    raise ConfigError(f'config.data.source={config.data.source!r}: {problem}')
   config = resolve_automatic_fields(config, log=True)
   return fit(config, workdir, allow_config_change=allow_config_change)
 

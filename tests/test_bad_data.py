@@ -125,3 +125,20 @@ def test_files_repeated_across_splits_and_classes_missing_from_a_split_are_repor
   assert [sorted(d.values()) for d in report['duplicates_across_splits']] == [
       ['test/a/copy.jpg', 'train/b/2.jpg']]
   assert report['splits']['test']['missing_classes'] == ['b']
+
+
+def test_a_folder_scan_says_what_it_does_and_then_uses_its_cache(tmp_path, caplog, monkeypatch):
+  paths = []
+  for i in range(5):
+    path = tmp_path / f'{i}.png'
+    Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(path)
+    paths.append(str(path))
+  monkeypatch.setattr(scan, 'REPORT_EVERY_SECONDS', 0.0)  # A progress line after every file.
+  with caplog.at_level('INFO'):
+    scan.scan_files(paths, tmp_path)
+  assert f'scanning 5 image files (0 checked before, cached in {tmp_path}' in caplog.text
+  assert 'scanned 1 of 5 files' in caplog.text and 'scanned 5 files in' in caplog.text
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    assert all(c.error is None for c in scan.scan_files(paths, tmp_path).values())
+  assert 'scanning' not in caplog.text  # All cached: nothing to say.

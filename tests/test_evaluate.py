@@ -130,3 +130,23 @@ def test_cli_on_a_bad_workdir_is_a_clear_error(tmp_path):
       capture_output=True, text=True, timeout=300, check=False)
   assert completed.returncode != 0
   assert f'{tmp_path / "nope"} is not a jaxcls workdir: no config.json' in completed.stderr
+
+
+def test_evaluating_another_split_or_setting_leaves_the_runs_report_alone(run_dir):
+  own = (run_dir / 'report' / 'classification_report.json').read_bytes()
+  report = evaluate.evaluate_and_report([run_dir], split='val')
+  assert report['output_dir'] == str(run_dir / 'report' / 'val')
+  assert json.loads((run_dir / 'report' / 'val' / 'classification_report.json').read_text())[
+      'split'] == 'val'
+  assert (run_dir / 'report' / 'classification_report.json').read_bytes() == own
+  assert json.loads(own)['split'] == 'test'
+
+
+@pytest.mark.parametrize('kwargs,folder', [
+    (dict(), ''), (dict(split='val'), 'val'), (dict(step=22), 'step_22'),
+    (dict(split='val', step='latest'), 'val_step_latest'), (dict(tta_flip=True), 'tta_flip'),
+    (dict(tta_flip=False, tta_crops=5), 'tta_noflip_5crops'), (dict(top_k_checkpoints=3), 'top_3'),
+])
+def test_each_evaluation_variant_has_its_own_report_folder(kwargs, folder):
+  assert evaluate.report_variant(1, **kwargs) == folder
+  assert evaluate.report_variant(2, **kwargs) == '_'.join(filter(None, ('ensemble', folder)))

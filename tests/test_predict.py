@@ -153,3 +153,28 @@ def test_cli_fails_when_no_file_is_readable(run, image_files):
   result = run_cli('--workdir', run.workdir, folder / 'corrupt.png', folder / 'missing.jpg')
   assert result.returncode != 0
   assert 'corrupt.png' in result.stderr and 'missing.jpg' in result.stderr
+
+
+def test_cli_with_file_names_that_are_not_utf8_writes_every_row(run, tmp_path):
+  """A folder with a file whose name is not valid UTF-8 (Latin-1 bytes, as old cameras and
+  Windows shares leave) and an unreadable one of the same kind: the table, the whole CSV and
+  the skip summary all get written, the names with their bad bytes as \\xNN."""
+  import os  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  try:
+    good = os.path.join(os.fsencode(folder), b'caf\xe9.png')
+    Image.fromarray(rgb(digit(0, (32, 32)))).save(os.fsdecode(good))
+    with open(os.path.join(os.fsencode(folder), b'ba\xefd.png'), 'wb') as f:
+      f.write(b'not a png')
+  except OSError as e:  # A file system that refuses such names.
+    pytest.skip(f'cannot create a file with a non-UTF-8 name here: {e}')
+  Image.fromarray(rgb(digit(1, (32, 32)))).save(folder / 'plain.png')
+  out = tmp_path / 'predictions.csv'
+  result = run_cli('--workdir', run.workdir, '--out', out, folder)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out, newline='', encoding='utf-8') as f:
+    paths = {row['path'] for row in csv.DictReader(f)}
+  assert paths == {f'{folder}/caf\\xe9.png', f'{folder}/plain.png'}
+  assert 'caf\\xe9.png' in result.stdout
+  assert 'skipped 1 unreadable file(s)' in result.stderr and 'ba\\xefd.png' in result.stderr

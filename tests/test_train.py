@@ -117,6 +117,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_run_dir):
   for want, got in zip(expected['history'], actual['history']):
     for name, value in want['val'].items():
       np.testing.assert_allclose(got['val'][name], value, rtol=1e-4, atol=1e-6)
+    # The preempted epoch's train metrics cover all its steps, before and after the signal.
+    for name, value in want['train'].items():
+      np.testing.assert_allclose(got['train'][name], value, rtol=1e-4, atol=1e-6,
+                                 err_msg=f'epoch {want["epoch"]} train {name}')
   for name, value in expected['test'].items():
     np.testing.assert_allclose(actual['test'][name], value, rtol=1e-4, atol=1e-6)
   (step_a, params_a), (step_b, params_b) = final_params(tiny_run_dir), final_params(resumed)
@@ -138,9 +142,25 @@ def test_default_config_reaches_95_percent_on_digits(tmp_path):
   assert list(tmp_path.glob('events.out.tfevents.*')), 'no TensorBoard event file'
   assert (tmp_path / 'checkpoints' / str(results['best_step'])).is_dir()
   assert 'test accuracy' in result.stdout
+  # A console a person reads: a line per epoch and a few about the run, no library chatter;
+  # the config and the parameter table are files in the workdir.
+  lines = result.stderr.splitlines()
+  assert len(lines) <= 40, '\n'.join(lines)
+  assert sum('epoch ' in line and '/15: train loss' in line for line in lines) == 15
+  for chatter in ('libtpu', 'oneDNN', 'logging_writer', 'Hyperparameters', 'orbax'):
+    assert chatter not in result.stderr, chatter
+  assert f'68,786 parameters (the table: {tmp_path}/parameters.txt)' in result.stderr
+  assert 'Total: 68,786' in (tmp_path / 'parameters.txt').read_text()
   for name in ('classification_report.md', 'classification_report.json', 'confusion_matrix.png',
                'confusion_matrix.csv', 'curves.png', 'misclassified.png', 'gradcam.png'):
     assert (tmp_path / 'report' / name).is_file(), name
+
+
+def test_verbosity_shows_the_config_and_the_libraries(tmp_path):
+  result = run_main(tmp_path, *TINY, '--config.train.num_epochs=1', '--verbosity=1')
+  assert 'config:\ncheckpoint:' in result.stderr  # The whole config, as before.
+  assert 'Total: ' in result.stderr  # The parameter table.
+  assert 'logging_writer' in result.stderr  # And every library's lines.
 
 
 def test_profile_steps_leave_a_tensorboard_trace(tiny_config, tmp_path):

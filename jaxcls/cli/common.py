@@ -5,6 +5,7 @@ import sys
 from absl import app, flags, logging
 
 from jaxcls.evaluation.reopen import Run, load_run
+from jaxcls.training.checkpointing import CheckpointRestoreError
 
 
 def parse_step(step: str) -> int | str:
@@ -26,5 +27,5 @@ def reopen(program: str, workdir: str, step: str) -> Run:
   """The run in `workdir` at --step, or one line naming what is wrong (no traceback)."""
   try:
     return load_run(workdir, parse_step(step))
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, CheckpointRestoreError) as e:
     sys.exit(f'jaxcls {program}: {e}')

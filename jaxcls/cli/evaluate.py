@@ -2,7 +2,8 @@
 
 Metrics, confusion matrix, per-class report, curves, mistakes and Grad-CAM of
 one run, or of an ensemble of several (`jaxcls.evaluation.evaluate`), written
-to WORKDIR/report.
+to WORKDIR/report (the run's own: test split, best checkpoint), or for another
+split, step or setting to a folder of its own in it (WORKDIR/report/val, ...).
 """
 
 import sys
@@ -18,7 +19,9 @@ flags.DEFINE_multi_string(
 flags.DEFINE_enum('split', 'test', SPLITS, 'The split to evaluate.')
 flags.DEFINE_string('step', 'best', "Checkpoint: 'best', 'latest' or a step number.")
 flags.DEFINE_string(
-    'output_dir', None, 'Where to write the report (default: WORKDIR/report, or '
+    'output_dir', None, 'Where to write the report (default: WORKDIR/report for the test split '
+    'at the best checkpoint with the run\'s own settings, the run\'s report; any other split, '
+    'step or setting its own folder in it, e.g. WORKDIR/report/val, '
     'FIRST_WORKDIR/report/ensemble for several workdirs).')
 flags.DEFINE_bool('tta_flip', None, "Overrides the run's config.evaluate.tta_flip.")
 flags.DEFINE_integer('tta_crops', None, "Overrides the run's config.evaluate.tta_crops (1 or 5).")

@@ -12,7 +12,7 @@ from absl import app, flags
 from jaxcls.cli.common import quiet_libraries, reopen
 
 from jaxcls.evaluation.predict import (IMAGE_EXTENSIONS, format_table, list_image_files,
-                                       predict_files, write_csv)
+                                       predict_files, printable, write_csv)
 
 FLAGS = flags.FLAGS
 
@@ -44,7 +44,7 @@ def main(argv):
   if unreadable:
     print(f'skipped {len(unreadable)} unreadable file(s):', file=sys.stderr)
     for p in unreadable:
-      print(f'  {p.path}: {p.error}', file=sys.stderr)
+      print(f'  {printable(p.path)}: {p.error}', file=sys.stderr)
   if not readable:
     sys.exit('jaxcls predict: none of the files could be read')
 

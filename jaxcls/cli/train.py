@@ -6,18 +6,35 @@ the same command again with the same workdir resumes from its latest
 checkpoint.
 """
 
+import os
 import signal
 import sys
 
+# TensorFlow (behind TensorBoard's writer) prints its oneDNN and CPU-feature notices at import.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import jaxcls
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_PACKAGE = os.path.dirname(os.path.abspath(jaxcls.__file__)) + os.sep
+# clu's progress line: steps/s, the share done and the ETA, once a minute.
+_PROGRESS = os.path.join('clu', 'platform', 'local.py')
+
 
 class _QuietLibraries(logging.logging.Filter):
-  """Drops Orbax's per-save INFO chatter so the progress lines stay readable."""
+  """The console of a run without --verbosity: jaxcls's own lines (devices, data, parameters,
+  each epoch, the test), clu's periodic progress line and every warning; the libraries' INFO
+  chatter (JAX's backend search, Orbax's saves, clu's echo of every metric written to
+  TensorBoard) goes. `--verbosity=0` shows it all, `--verbosity=1` the config and parameter
+  table too (also in WORKDIR/config.json and parameters.txt)."""
 
   def filter(self, record):
-    return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
+    return (record.levelno >= logging.logging.WARNING or record.pathname.startswith(_PACKAGE)
+            or record.pathname.endswith(_PROGRESS))
 
 
 def _define_flags():
@@ -35,12 +52,13 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if not flags.FLAGS['verbosity'].present:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that `--help` and flag errors come back without loading JAX.
   # pylint: disable=g-import-not-at-top
   from jaxcls.errors import ConfigError
   from jaxcls.experiment import train_and_report
-  from jaxcls.training.checkpointing import CheckpointSaveError
+  from jaxcls.training.checkpointing import CheckpointRestoreError, CheckpointSaveError
   from jaxcls.training.loop import NonFiniteError
   from jaxcls.training.parallel import initialize_distributed
   from jaxcls.training.preemption import Preempted
@@ -50,7 +68,7 @@ def main(argv):
   try:
     results = train_and_report(args.config, args.workdir,
                                allow_config_change=args.allow_config_change)
-  except (ConfigError, NonFiniteError, CheckpointSaveError) as e:
+  except (ConfigError, NonFiniteError, CheckpointSaveError, CheckpointRestoreError) as e:
     sys.exit(f'jaxcls: {e}')
   except Preempted as e:
     # 128 + the signal number, as a shell reports a process the signal ended.
@@ -60,9 +78,30 @@ def main(argv):
   print(f"test accuracy {results['test']['accuracy']:.4f} -> {args.workdir}/results.json")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a mistyped `--config.FIELD=VALUE` told in one line naming the
+  flag (ml_collections raises it as an AttributeError from deep inside its parser)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    cause = e
+    while isinstance(cause, BaseException) and cause.args:  # AttributeError(KeyError(text)).
+      cause = cause.args[0]
+    key, _, hint = str(cause).partition('\n')
+    key = key.strip('\'"')
+    for arg in argv[1:]:
+      path = arg.split('=', 1)[0].removeprefix('--').split('.')
+      if arg.startswith('--config.') and key in path[1:]:
+        parent = '.'.join(path[:path.index(key, 1)])
+        sys.exit(f'jaxcls: {arg}: {parent} has no field {key!r}'
+                 + (f'. {hint.strip()}' if hint.strip() else '')
+                 + ' (configs/default.py lists every field)')
+    raise
+
+
 def run():
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

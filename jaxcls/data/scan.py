@@ -12,15 +12,18 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from absl import logging
 from PIL import Image
 
 from jaxcls.data.decode import decode_image
 
 CACHE_FILE = 'data_scan.json'
+REPORT_EVERY_SECONDS = 10.0  # A progress line this often while a large folder is scanned.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +77,19 @@ def scan_files(paths: Sequence[str], cache_dir: str | Path | None = None,
       results[path] = entry
     else:
       todo.append(path)
+  started = last_report = time.monotonic()
+  if todo:
+    logging.info('scanning %d image files (%d checked before, cached in %s)', len(todo),
+                 len(results), cache_path or 'no cache')
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-    for path, check in zip(todo, pool.map(_check, todo)):
+    for done, (path, check) in enumerate(zip(todo, pool.map(_check, todo)), start=1):
       results[path] = check
+      if time.monotonic() - last_report >= REPORT_EVERY_SECONDS and done < len(todo):
+        last_report = time.monotonic()
+        logging.info('scanned %d of %d files (%.0f files/s)', done, len(todo),
+                     done / (last_report - started))
+  if todo:
+    logging.info('scanned %d files in %.1f s', len(todo), time.monotonic() - started)
   if cache_path is not None and todo:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_suffix(f'.tmp{os.getpid()}')  # Per process: multi-host runs share it.

@@ -120,6 +120,17 @@ def config_errors(data_config) -> list[str]:
   return p
 
 
+def unavailable(data_config) -> str | None:
+  """Why `data.source` cannot be read on this machine (a folder that is not there), before a
+  run creates its workdir; None when it can be tried. Not a config check: a config names data
+  that another machine may have."""
+  kind, _, name = data_config.source.partition(':')
+  if kind == 'folder' and name and not os.path.isdir(os.path.expanduser(name)):
+    return (f'data.source folder {name!r} ' + ('is not a directory' if os.path.exists(
+        os.path.expanduser(name)) else 'does not exist'))
+  return None
+
+
 def load_dataset(data_config, workdir: str | None) -> Dataset:
   """The data set `data_config.source` names, with all three splits.
 

@@ -323,14 +323,34 @@ def evaluate_and_report(workdirs: Sequence[str | Path], *, output_dir: str | Pat
   workdir. Returns the JSON report."""
   workdirs = [Path(w) for w in workdirs]
   evaluation = evaluate(workdirs, **kwargs)
-  several = len(workdirs) > 1
+  variant = report_variant(len(workdirs), **kwargs)
   if output_dir is None:
-    output_dir = workdirs[0] / 'report' / ('ensemble' if several else '')
+    output_dir = workdirs[0] / 'report' / variant
   step = evaluation.pop('step')
   evaluation['info']['output_dir'] = str(output_dir)
   return write_report(output_dir, **evaluation, tensorboard_dir=workdirs[0],
                       tensorboard_step=step,
-                      tensorboard_prefix='report/ensemble' if several else 'report')
+                      tensorboard_prefix='/'.join(filter(None, ('report', variant))))
+
+
+def report_variant(num_workdirs: int = 1, *, split: str = 'test', step: int | str = 'best',
+                   tta_flip: bool | None = None, tta_crops: int | None = None,
+                   top_k_checkpoints: int | None = None) -> str:
+  """The folder under WORKDIR/report/ of an evaluation: '' for the run's own report (the test
+  split at the best checkpoint, as the run's config evaluates it), else a name for what
+  differs ('val', 'step_22', 'ensemble', 'tta_flip_5crops', 'top_3', joined by '_'), so
+  evaluating another split or setting never overwrites the run's report."""
+  parts = ['ensemble'] if num_workdirs > 1 else []
+  if split != 'test':
+    parts.append(split)
+  if step != 'best':
+    parts.append(f'step_{step}')
+  if tta_flip is not None or tta_crops is not None:
+    parts.append('tta' + ('_flip' if tta_flip else '_noflip' if tta_flip is False else '')
+                 + (f'_{tta_crops}crops' if tta_crops is not None else ''))
+  if top_k_checkpoints is not None:
+    parts.append(f'top_{top_k_checkpoints}')
+  return '_'.join(parts)
 
 
 def report_finished_run(workdir: str | Path) -> None:

@@ -116,21 +116,29 @@ def predict_files(run, paths, top_k: int = 5, batch_size: int = 64) -> list[Pred
   return results
 
 
+def printable(path: str) -> str:
+  """`path` as UTF-8 text: a file name that is not valid UTF-8 (os.listdir keeps its bytes as
+  surrogates) gets its bad bytes written as \\xNN, so printing it or a CSV row of it never
+  fails."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
 def write_csv(predictions, out: str | Path) -> None:
-  """Rows of (path, rank, class, probability), ranks from 1; unreadable files are left out."""
+  """Rows of (path, rank, class, probability), ranks from 1; unreadable files are left out.
+  UTF-8; paths that are not valid UTF-8 as `printable` writes them."""
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  with open(out, 'w', newline='') as f:
+  with open(out, 'w', newline='', encoding='utf-8') as f:
     writer = csv.writer(f)
     writer.writerow(['path', 'rank', 'class', 'probability'])
     for prediction in predictions:
       for rank, (name, probability) in enumerate(prediction.top_k, start=1):
-        writer.writerow([prediction.path, rank, name, f'{probability:.6f}'])
+        writer.writerow([printable(prediction.path), rank, name, f'{probability:.6f}'])
 
 
 def format_table(predictions) -> str:
   """A console table: one row per readable file, its top-k 'class probability' cells."""
-  rows = [(p.path, [f'{name} {probability:.3f}' for name, probability in p.top_k])
+  rows = [(printable(p.path), [f'{name} {probability:.3f}' for name, probability in p.top_k])
           for p in predictions if p.error is None]
   if not rows:
     return ''

@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
-from jaxcls.training.checkpointing import Checkpointer
+from jaxcls.training.checkpointing import Checkpointer, CheckpointRestoreError
 from jaxcls.training.setup import build_run
 from jaxcls.training.steps import normalize
 
@@ -53,22 +54,49 @@ def load_run(workdir: str | Path, step: int | str = 'best') -> Run:
     raise FileNotFoundError(f'{workdir} is not a jaxcls workdir: no config.json')
   config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
   checkpointer = Checkpointer(str(workdir / 'checkpoints'), config.checkpoint)
-  try:
-    if step == 'best':
-      step = checkpointer.best_step()
-    elif step == 'latest':
-      step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{workdir} has no checkpoint yet')
-    meta = checkpointer.restore_meta(step)
+
+  def restore(at: int):
+    meta = checkpointer.restore_meta(at)
     parts = build_run(config, meta['class_names'], abstract=True)
-    params, model_state = checkpointer.restore_model(int(step), _on_host(parts.params),
-                                                     _on_host(parts.model_state))
+    return meta, parts, checkpointer.restore_model(at, _on_host(parts.params),
+                                                   _on_host(parts.model_state))
+
+  try:
+    found = _restore_step(checkpointer, step, restore)
   finally:
     checkpointer.close()
+  if found is None:
+    raise FileNotFoundError(f'{workdir} has no checkpoint yet')
+  step, (meta, parts, (params, model_state)) = found
   model = nnx.merge(parts.eval_graph, params, model_state)
   return Run(workdir=workdir, config=config, class_names=parts.class_names, step=int(step),
              epoch=int(meta['epoch']), model=model)
+
+
+def _restore_step(checkpointer: Checkpointer, step: int | str, restore):
+  """(step, restore(step)) for 'best', 'latest' or a number; None without checkpoints.
+
+  A best or latest checkpoint that cannot be restored gives way, with a warning, to the
+  newest one that can (nothing is renamed: reopening a run only reads it); a step asked
+  for by number is that step or an error.
+  """
+  if isinstance(step, int):
+    try:
+      return step, restore(step)
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # Whatever Orbax raises for it.
+      raise CheckpointRestoreError(f'checkpoint step {step} in {checkpointer.directory} cannot '
+                                   f'be restored: {type(e).__name__}: {e}') from e
+  if step == 'best' and checkpointer.best_step() is not None:
+    best = checkpointer.best_step()
+    try:
+      return best, restore(best)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('the best checkpoint, step %d in %s, cannot be restored (%s: %s); using '
+                      'the newest one that restores', best, checkpointer.directory,
+                      type(e).__name__, str(e).splitlines()[0][:300] if str(e) else '')
+  return checkpointer.newest_restorable(restore, set_aside=False)
 
 
 def _on_host(abstract_tree):

@@ -56,9 +56,10 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     obj = torch.load(str(path), map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     # torch raises RuntimeError, UnpicklingError, EOFError... for truncated or unsafe files.
+    first_line = (str(e).strip().splitlines() or [''])[0][:200]
     raise CheckpointFileError(
-        f'{path}: cannot be read as a weights-only PyTorch checkpoint '
-        f'({type(e).__name__}: {e})') from e
+        f'{path}: cannot be read as a weights-only PyTorch checkpoint (not one, truncated, or '
+        f'one that would need code to load; {type(e).__name__}: {first_line})') from e
   while isinstance(obj, dict) and not _is_flat_tensor_dict(obj, torch):
     nested = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), dict)), None)
     if nested is None:

@@ -7,6 +7,7 @@ complete, so a run killed mid-write resumes from the last complete checkpoint.
 from pathlib import Path
 
 import ml_collections
+from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -26,6 +27,17 @@ class CheckpointSaveError(RuntimeError):
         'there are untouched: free space or fix permissions, then rerun to resume.')
 
 
+class CheckpointRestoreError(RuntimeError):
+  """No checkpoint of the workdir (or not the one asked for) can be restored."""
+
+
+UNREADABLE_SUFFIX = '.unreadable'  # A checkpoint set aside: kept for a look, out of the way.
+
+
+def _first_line(e: Exception) -> str:
+  return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:300]}'
+
+
 class Checkpointer:
   """Saves after every epoch with that epoch's validation metrics; restores latest or best."""
 
@@ -38,6 +50,7 @@ class Checkpointer:
     ])
     self.best_metric = metric
     self.directory = Path(directory).resolve()
+    self._saving: int | None = None  # The step of the latest save begun.
     self._manager = ocp.CheckpointManager(
         # Orbax wants absolute paths; users give `--workdir runs/x`.
         self.directory, item_names=('state', 'meta'),
@@ -46,7 +59,9 @@ class Checkpointer:
 
   def save(self, state: TrainState, meta: dict, metrics: dict[str, float]) -> None:
     """Saves asynchronously; `meta` is JSON (epoch, data position) kept beside the state."""
+    self.check()  # The previous save's failure is the previous step's, not this one's.
     step = int(state.step)
+    self._saving = step
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
@@ -54,11 +69,62 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointSaveError(step, self.directory, e) from e
 
+  def check(self) -> None:
+    """Raises CheckpointSaveError if a save running in the background has failed (a full
+    disk), naming its step: called between steps, so training stops within a few steps of
+    the failure rather than at the next save, an epoch later."""
+    try:
+      self._manager.check_for_errors()
+      if self._saving is not None and not self._manager.is_saving_in_progress():
+        self._manager.wait_until_finished()  # Done: returns at once, or raises its failure.
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointSaveError(self._saving, self.directory, e) from e
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
     return self._manager.best_step()
+
+  def newest_restorable(self, restore, *, set_aside: bool):
+    """(step, restore(step)) of the newest checkpoint `restore` can read; None with no
+    checkpoint at all.
+
+    A truncated or overwritten checkpoint (Orbax reports bad bytes, a short file, a missing
+    entry) costs the run only that checkpoint: the ones before it are tried in turn, and
+    each newer one that failed is named in a warning, and with `set_aside` renamed to
+    STEP.unreadable, so that the step can be saved again. When none restores, nothing is
+    renamed and `CheckpointRestoreError` lists why each failed (a config that no longer
+    fits any checkpoint is not a reason to drop them).
+    """
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = restore(step)
+      except Exception as e:  # pylint: disable=broad-except  # Whatever Orbax raises for it.
+        failures.append((step, _first_line(e)))
+        continue
+      for bad, why in failures:
+        where = f'; moved to {self._set_aside(bad)}' if set_aside else ''
+        logging.warning('checkpoint step %d in %s cannot be restored (%s)%s; using step %d, '
+                        'the newest one that restores', bad, self.directory, why, where, step)
+      return step, restored
+    if failures:
+      raise CheckpointRestoreError(
+          f'no checkpoint in {self.directory} can be restored: '
+          + '; '.join(f'step {step}: {why}' for step, why in failures))
+    return None
+
+  def _set_aside(self, step: int) -> Path:
+    source = self.directory / str(step)
+    target = source.with_name(f'{step}{UNREADABLE_SUFFIX}')
+    suffix = 1
+    while target.exists():
+      suffix += 1
+      target = source.with_name(f'{step}{UNREADABLE_SUFFIX}{suffix}')
+    source.rename(target)
+    self._manager.reload()
+    return target
 
   def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict]:
     """Restores `step` into arrays shaped and sharded like `like`."""
@@ -83,7 +149,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointSaveError(None, self.directory, e) from e
+      raise CheckpointSaveError(self._saving, self.directory, e) from e
 
   def close(self) -> None:
     self._manager.close()

@@ -13,12 +13,15 @@ meta.
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from clu import parameter_overview
 
@@ -27,8 +30,9 @@ from jaxcls.data.mixing import Mixup
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.errors import ConfigError, ConfigProblems, either
 from jaxcls.training import finetune, losses, optim, parallel, results
-from jaxcls.training.checkpointing import Checkpointer
-from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_accuracy, train_metrics_class
+from jaxcls.training.checkpointing import Checkpointer, CheckpointSaveError
+from jaxcls.training.metrics import (NONFINITE, SKIPPED, eval_metrics_class, train_accuracy,
+                                     train_metrics_class)
 from jaxcls.training.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
 from jaxcls.training.preemption import Preempted, PreemptionGuard
 from jaxcls.training.preview import FIRST_BATCH_PNG, write_first_batch
@@ -36,14 +40,16 @@ from jaxcls.training.profiling import StepTrace
 from jaxcls.training.progress import ProgressReporter, create_writer
 from jaxcls.training.setup import RunParts, build_run
 from jaxcls.training.steps import NO_STEP, StepSpec, jit_preview, jit_steps, new_train_state
-from jaxcls.training.workdir import check_config as check_workdir_config
+from jaxcls.training.workdir import WorkdirLock, check_config as check_workdir_config
+from jaxcls.training.workdir import record_changes as record_config_changes
 
 
 class NonFiniteError(RuntimeError):
   """The loss or gradient norm stopped being finite (train.nonfinite='stop')."""
 
 
-NONFINITE_POLICIES = ('stop', 'skip')  # config.train.nonfinite: raise NonFiniteError, or skip.
+NONFINITE_POLICIES = ('stop', 'skip')
+PARAMETERS_FILE = 'parameters.txt'  # The model's parameter table, written at the start.  # config.train.nonfinite: raise NonFiniteError, or skip.
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *,
@@ -57,19 +63,36 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
   (or, with train.nonfinite='skip', leaves that step out).
   """
   started = time.monotonic()
-  run = _set_up(config, Path(workdir), allow_config_change)
-  loop = _start(run)
-  # SIGTERM/SIGINT set `guard.requested`; the handlers are restored however the loop ends.
-  with PreemptionGuard() as guard:
-    for epoch in range(loop.start_epoch, config.train.num_epochs):
-      _enter_phase_of(run, loop, epoch)
-      epoch_metrics = _train_epoch(run, loop, epoch, guard)
-      if _end_epoch(run, loop, epoch, epoch_metrics):
-        break
-  loop.progress.close()
-  run.checkpointer.wait()
-  test_metrics, best_step = _test_best_checkpoint(run, loop)
-  return results.write(run, loop, test_metrics, best_step, total_seconds=time.monotonic() - started)
+  # One run at a time in a workdir (a multi-host run's processes share it: the first holds it).
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    run = _set_up(config, Path(workdir), allow_config_change)
+    loop = _start(run)
+    try:
+      # SIGTERM/SIGINT set `guard.requested`; the handlers are restored however the loop ends.
+      with PreemptionGuard() as guard:
+        for epoch in range(loop.start_epoch, config.train.num_epochs):
+          _enter_phase_of(run, loop, epoch)
+          epoch_metrics = _train_epoch(run, loop, epoch, guard)
+          if _end_epoch(run, loop, epoch, epoch_metrics):
+            break
+    except BaseException:
+      _finish_saves_before_raising(run)
+      raise
+    loop.progress.close()
+    run.checkpointer.wait()
+    test_metrics, best_step = _test_best_checkpoint(run, loop)
+    return results.write(run, loop, test_metrics, best_step,
+                         total_seconds=time.monotonic() - started)
+
+
+def _finish_saves_before_raising(run) -> None:
+  """Lets the checkpoint being written in the background finish before an error ends the
+  run: an exception a moment after an epoch's save began would otherwise leave only its
+  temporary directory (the interpreter shuts down under Orbax's writer) and lose that epoch."""
+  try:
+    run.checkpointer.wait()
+  except CheckpointSaveError as e:  # Reported, but the error that stopped the run goes on.
+    logging.error('%s', e)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +140,8 @@ class Loop:
   first_step_seconds: float | None = None
   images_seen: int = 0
   epoch_started: float = 0.0  # time.monotonic() at the start of the current epoch.
+  epoch_first_step: int = 0  # The step the current epoch (or its resumed part) started at.
+  partial_epoch_metrics: list | None = None  # Of a preempted epoch, from its checkpoint.
 
 
 def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
@@ -126,15 +151,18 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
   logging.info('devices: %d x %s (process %d of %d); local: %s', jax.device_count(),
                jax.devices()[0].device_kind, jax.process_index(), jax.process_count(),
                jax.local_devices())
-  logging.info('config:\n%s', config)
+  logging.debug('config:\n%s', config)  # --verbosity=1; always in WORKDIR/config.json.
   checkpointer = Checkpointer(str(workdir / 'checkpoints'), config.checkpoint)
-  check_workdir_config(workdir, config, allow_change=allow_config_change,
-                       has_checkpoints=checkpointer.latest_step() is not None)
+  latest = checkpointer.latest_step()
+  differences = check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                     has_checkpoints=latest is not None)
   if is_main:
+    record_config_changes(workdir, latest or 0, differences)
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    logging.info('config: %s', workdir / 'config.json')
   dataset = _load_data(config, workdir)
   parts = build_run(config, dataset.class_names)
-  _log_model(config, parts)
+  _log_model(config, parts, workdir)
   steps_per_epoch = _steps_per_epoch(config, dataset)
   learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch,
                                                   config.train.num_epochs)
@@ -189,7 +217,7 @@ def _steps_per_epoch(config, dataset) -> int:
   return data.steps_per_epoch(epoch_length, batch_size)
 
 
-def _log_model(config, parts: RunParts) -> None:
+def _log_model(config, parts: RunParts, workdir: Path) -> None:
   info = parts.pretrained
   if info is not None:
     logging.info('%s weights %s (%s layout, sha256 %s) from %s; input %d, resize %d %s, mean %s, '
@@ -201,8 +229,13 @@ def _log_model(config, parts: RunParts) -> None:
     logging.info('tasks (%s): %s', config.tasks.mode,
                  ', '.join(f'{n} {v}' for n, v in zip(parts.tasks.names, parts.tasks.values)))
   flat = results.flat_names(parts.params)
-  logging.info('parameters of %s:\n%s', config.model.name,
-               parameter_overview.get_parameter_overview(flat, include_stats=False))
+  table = parameter_overview.get_parameter_overview(flat, include_stats=False)
+  path = workdir / PARAMETERS_FILE
+  if jax.process_index() == 0:
+    path.write_text(table + '\n')
+  logging.info('%s: %s parameters (the table: %s)', config.model.name,
+               f'{parameter_overview.count_parameters(flat):,}', path)
+  logging.debug('parameters of %s:\n%s', config.model.name, table)
 
 
 def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
@@ -236,20 +269,29 @@ def _train_batches_factory(config, dataset, batch_sharding) -> Callable[[int, in
 def _start(run: Run) -> Loop:
   """Step 0, or the latest checkpoint (state, history, plateau and early stopping) of a rerun."""
   config, parts = run.config, run.parts
-  latest = run.checkpointer.latest_step()
-  # The optimizer state has the shape of the saved phase's optimizer.
-  meta = run.checkpointer.restore_meta(latest) if latest is not None else None
-  trainable = tuple(meta['trainable_groups']) if meta else run.plan.trainable_at(0)
   replicated = parallel.replicated(parallel.data_mesh())
-  state = jax.device_put(new_train_state(parts.params, parts.model_state,
-                                         run.optimizer(trainable), config.seed), replicated)
+
+  def fresh_state(trainable):
+    return jax.device_put(new_train_state(parts.params, parts.model_state,
+                                          run.optimizer(trainable), config.seed), replicated)
+
+  def restore(step):
+    # The optimizer state has the shape of the saved phase's optimizer.
+    trainable = tuple(run.checkpointer.restore_meta(step)['trainable_groups'])
+    return (trainable, *run.checkpointer.restore(step, fresh_state(trainable)))
+
+  found = run.checkpointer.newest_restorable(restore, set_aside=run.is_main)
   plateau_state = run.plateau.init() if run.plateau else None
   stopping_state = run.early_stopping.init() if run.early_stopping else None
-  history = []
-  if latest is not None:
-    state, meta = run.checkpointer.restore(latest, state)
+  history, partial_epoch_metrics = [], None
+  if found is None:
+    trainable = run.plan.trainable_at(0)
+    state = fresh_state(trainable)
+  else:
+    latest, (trainable, state, meta) = found
     _check_resumable(run, meta)
     history = meta['history']
+    partial_epoch_metrics = meta.get('partial_epoch_metrics')
     if run.plateau is not None and 'plateau' in meta:
       plateau_state = PlateauState.from_dict(meta['plateau'])
     if run.early_stopping is not None and 'early_stopping' in meta:
@@ -276,7 +318,8 @@ def _start(run: Run) -> Loop:
                                         run.writer, initial_step=step),
               profile=StepTrace(str(run.workdir), start=step + 1,
                                 num_steps=config.train.profile_steps if run.is_main else 0),
-              preview_fn=preview_fn, stopped_early_at_epoch=stopped_early_at_epoch)
+              preview_fn=preview_fn, stopped_early_at_epoch=stopped_early_at_epoch,
+              partial_epoch_metrics=partial_epoch_metrics if start_in_epoch else None)
 
 
 def _check_resumable(run: Run, meta: dict) -> None:
@@ -306,6 +349,9 @@ def _train_epoch(run: Run, loop: Loop, epoch: int, guard: PreemptionGuard):
   """The epoch's train steps (from the resumed position in the first); its merged metrics."""
   config = run.config
   loop.epoch_started = epoch_started = time.monotonic()
+  # A preempted epoch resumes with the metrics of its steps before the signal.
+  earlier, loop.partial_epoch_metrics = loop.partial_epoch_metrics, None
+  loop.epoch_first_step = epoch * run.steps_per_epoch if earlier else loop.step
   epoch_metrics = interval_metrics = None
   for batch in run.train_batches(epoch, loop.start_in_epoch if epoch == loop.start_epoch else 0):
     if loop.preview_fn is not None:  # Before the step, which donates the state's buffers.
@@ -315,22 +361,39 @@ def _train_epoch(run: Run, loop: Loop, epoch: int, guard: PreemptionGuard):
     step_metrics = _step(run, loop, batch)
     interval_metrics = step_metrics if interval_metrics is None else interval_metrics.merge(
         step_metrics)
+    if epoch_metrics is None and earlier:
+      epoch_metrics = _restored_metrics(earlier, like=step_metrics)
     epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
     loop.progress(loop.step)
     if loop.step % config.train.log_every_steps == 0:
       run.writer.write_scalars(loop.step, _prefixed('train', _finite_or_stop(
           interval_metrics.compute(), config, run.checkpointer)))
       interval_metrics = None
+      run.checkpointer.check()  # A background save that failed stops the run now.
     if guard.requested:  # SIGTERM/SIGINT: this step's state, then stop.
       _finite_or_stop(epoch_metrics.compute(), config, run.checkpointer)
-      run.checkpointer.save(loop.state, meta=_meta(run, loop, epoch),
-                            metrics=_never_best(config))
+      # The epoch's metrics so far go with it: the resumed epoch's train metrics cover all of it.
+      meta = dict(_meta(run, loop, epoch), partial_epoch_metrics=[
+          np.asarray(leaf).tolist() for leaf in jax.tree.leaves(epoch_metrics)])
+      run.checkpointer.save(loop.state, meta=meta, metrics=_never_best(config))
       run.checkpointer.wait()
       raise Preempted(guard.requested, loop.step, str(run.workdir))
   jax.block_until_ready(loop.state)
   loop.train_seconds += time.monotonic() - epoch_started
   loop.profile.close()  # At the latest at the epoch's end: the trace shows train steps only.
   return epoch_metrics
+
+
+def _restored_metrics(leaves: list, like):
+  """The metrics collection a preempted epoch saved (`partial_epoch_metrics`), rebuilt in the
+  structure and dtypes of `like` (this epoch's first step's); None if they do not fit."""
+  template = jax.tree.leaves(like)
+  if len(leaves) != len(template):
+    logging.warning('the checkpoint\'s partial-epoch metrics do not fit this run\'s; the '
+                    'epoch\'s train metrics cover the steps after the resume only')
+    return None
+  return jax.tree.unflatten(jax.tree.structure(like), [
+      jnp.asarray(value, leaf.dtype) for value, leaf in zip(leaves, template)])
 
 
 def _step(run: Run, loop: Loop, batch):
@@ -356,6 +419,8 @@ def _end_epoch(run: Run, loop: Loop, epoch: int, epoch_metrics) -> bool:
     val_metrics = evaluate(loop.eval_fn, loop.state, run.dataset.val, config, run.batch_sharding)
   train_summary = {k: float(v) for k, v in _finite_or_stop(
       epoch_metrics.compute(), config, run.checkpointer).items()}
+  _trained_or_stop(run, loop, epoch, train_summary, val_metrics)
+  train_summary[SKIPPED] = int(train_summary[SKIPPED])
   entry = dict(epoch=epoch + 1, step=loop.step, train=train_summary, val=val_metrics,
                seconds=time.monotonic() - loop.epoch_started)
   if run.plateau is not None:
@@ -443,13 +508,40 @@ def _finite_or_stop(computed: dict, config, checkpointer: Checkpointer) -> dict:
     logging.warning('non-finite loss or gradient norm at step %d: that step (and any other '
                     'such in this interval) left the state unchanged', first)
     return computed
-  latest = checkpointer.latest_step()
   raise NonFiniteError(
-      f'non-finite loss or gradient norm at step {first}; no checkpoint holds it. The last '
-      + (f'good checkpoint is step {latest} in {checkpointer.directory}' if latest is not None
-         else 'run has no checkpoint yet')
-      + '. Lower optimizer.learning_rate, look at the data, or pass '
+      f'non-finite loss or gradient norm at step {first}; no checkpoint holds it. '
+      + _last_good(checkpointer) + ' Lower optimizer.learning_rate, look at the data, or pass '
       "--config.train.nonfinite=skip to leave such steps out.")
+
+
+def _last_good(checkpointer: Checkpointer) -> str:
+  latest = checkpointer.latest_step()
+  return (f'The last good checkpoint is step {latest} in {checkpointer.directory}.'
+          if latest is not None else 'The run has no checkpoint yet.')
+
+
+def _trained_or_stop(run: Run, loop: Loop, epoch: int, train_summary: dict,
+                     val_metrics: dict) -> None:
+  """Stops a run that no longer trains: every step of the epoch skipped (train.nonfinite=
+  'skip' leaves such steps out, but an epoch of them changes nothing), or validation metrics
+  that are not finite (a model that diverged). Neither is checkpointed."""
+  steps = loop.step - loop.epoch_first_step
+  skipped = int(train_summary.get(SKIPPED, 0))
+  limit = run.config.train.get('max_skipped_fraction', 0.5)
+  if steps and skipped > limit * steps:
+    which = (f'every step of epoch {epoch + 1} ({steps}) had' if skipped == steps else
+             f'{skipped} of the {steps} steps of epoch {epoch + 1} had')
+    raise NonFiniteError(
+        f'{which} a non-finite loss or gradient and {"was" if skipped == steps else "were"} '
+        f'skipped (train.nonfinite=skip; the most an epoch may skip is '
+        f'train.max_skipped_fraction={limit}): the run is not training. '
+        f'{_last_good(run.checkpointer)} Lower optimizer.learning_rate or look at the data.')
+  bad = {k: v for k, v in val_metrics.items() if not math.isfinite(v)}
+  if bad:
+    raise NonFiniteError(
+        f'after epoch {epoch + 1} the validation metrics are not finite ({bad}): the model '
+        f'diverged ({skipped} of its {steps} steps were skipped). '
+        f'{_last_good(run.checkpointer)} Lower optimizer.learning_rate.')
 
 
 def _never_best(config) -> dict:
@@ -533,4 +625,5 @@ def config_errors(train_config: ml_collections.ConfigDict, device_count: int = 1
     p.report(field, why)  # The loss's own rule: it does the smoothing.
   p.check(c.log_every_steps >= 1, 'log_every_steps', 'must be >= 1')
   p.check(c.nonfinite in NONFINITE_POLICIES, 'nonfinite', f'expected {either(NONFINITE_POLICIES)}')
+  p.check(0 < c.max_skipped_fraction <= 1, 'max_skipped_fraction', 'must be in (0, 1]')
   return p

@@ -33,11 +33,43 @@ class FirstNonFiniteStep(metrics.Metric):
     return self.step
 
 
+# `nonfinite_step` of a step whose loss and gradient were finite (it updated the state).
+NO_STEP = jnp.iinfo(jnp.int32).max
+
+
+@flax.struct.dataclass
+class SkippedSteps(metrics.Metric):
+  """How many steps left the state unchanged: loss or gradient not finite (train.nonfinite)."""
+  count: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, nonfinite_step, **_) -> 'SkippedSteps':
+    return cls(count=jnp.sum(nonfinite_step != NO_STEP).astype(jnp.int32))
+
+  def merge(self, other: 'SkippedSteps') -> 'SkippedSteps':
+    return type(self)(count=self.count + other.count)
+
+  def compute(self) -> jnp.ndarray:
+    return self.count
+
+
+@flax.struct.dataclass
+class UpdatingStepsLoss(metrics.Average):
+  """The mean loss of the steps that updated the state: a skipped step's infinite or NaN loss
+  stays out of the epoch's train loss (and counts in `skipped_steps`)."""
+
+  @classmethod
+  def from_model_output(cls, loss, nonfinite_step, **_) -> 'UpdatingStepsLoss':
+    updated = nonfinite_step == NO_STEP
+    return cls(total=jnp.where(updated, loss, 0.0).sum(), count=updated.sum().astype(jnp.int32))
+
+
 # Not a metric to plot: the loop pops it from every computed collection.
 NONFINITE = 'first_nonfinite_step'
-_TRAIN_FIELDS = dict(loss=metrics.Average.from_output('loss'), accuracy=metrics.Accuracy,
+SKIPPED = 'skipped_steps'
+_TRAIN_FIELDS = dict(loss=UpdatingStepsLoss, accuracy=metrics.Accuracy,
                      learning_rate=metrics.LastValue.from_output('learning_rate'),
-                     **{NONFINITE: FirstNonFiniteStep})
+                     **{NONFINITE: FirstNonFiniteStep, SKIPPED: SkippedSteps})
 TrainMetrics = metrics.Collection.create(**_TRAIN_FIELDS)
 
 # Under Mixup/CutMix an image has two labels; the train step then passes the

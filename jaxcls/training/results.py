@@ -7,6 +7,7 @@ timings and the resolved config; also TensorBoard's test scalars and hparams.
 
 import dataclasses
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview
 
+from jaxcls.training import workdir
 from jaxcls.training.finetune import path_string
 
 
@@ -48,10 +50,28 @@ def write(run, loop, test_metrics: dict[str, float], best_step: int, *,
           mode=config.tasks.mode, names=list(tasks.names), values=[list(v) for v in tasks.values]),
       devices=dict(count=jax.device_count(), kind=jax.devices()[0].device_kind,
                    processes=jax.process_count()),
-      timings=_timings(run, loop, total_seconds), config=config.to_dict())
+      timings=_timings(run, loop, total_seconds), config=config.to_dict(),
+      config_changes=workdir.recorded_changes(run.workdir))
   if run.is_main:
-    (run.workdir / 'results.json').write_text(json.dumps(results, indent=2, default=_jsonable))
+    (run.workdir / 'results.json').write_text(strict_json(results))
   return results
+
+
+def strict_json(value, indent: int | None = 2) -> str:
+  """JSON that every parser reads: a non-finite float (a NaN metric) becomes null, never the
+  `NaN` Python's json writes by default."""
+  return json.dumps(_finite_or_null(json.loads(json.dumps(value, default=_jsonable))),
+                    indent=indent, allow_nan=False)
+
+
+def _finite_or_null(value):
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_finite_or_null(v) for v in value]
+  return value
 
 
 def _timings(run, loop, total_seconds: float) -> dict:

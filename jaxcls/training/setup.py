@@ -14,7 +14,11 @@ import ml_collections
 from flax import nnx
 
 from jaxcls.data.label_tasks import Tasks, tasks_from_class_names
+from jaxcls.errors import ConfigError
 from jaxcls.models import model_from_config
+from jaxcls.pretrained.checkpoint_files import CheckpointFileError
+from jaxcls.pretrained.convert import CheckpointMismatchError
+from jaxcls.pretrained.fetch import PretrainedSourceError
 from jaxcls.pretrained.store import PretrainedInfo
 from jaxcls.training import finetune
 from jaxcls.training.steps import split_model
@@ -58,7 +62,11 @@ def build_run(config: ml_collections.ConfigDict, class_names: Sequence[str], *,
       config.model, class_names, tasks if heads_per_task else None, seed=config.seed,
       pretrained=pretrained and not abstract, return_info=True,
       image_size=config.data.image_size)
-  model, info = nnx.eval_shape(build) if abstract else build()
+  try:
+    model, info = nnx.eval_shape(build) if abstract else build()
+  except (CheckpointFileError, CheckpointMismatchError, PretrainedSourceError) as e:
+    # A garbage file, weights of another architecture, a download that failed: the user's.
+    raise ConfigError(f'config.model.pretrained={config.model.pretrained!r}: {e}') from e
   finetune.group_names(model)  # Raises unless the groups end with the head.
   train_graph, eval_graph, params, model_state = split_model(model)
   return RunParts(class_names=class_names, tasks=tasks, heads_per_task=heads_per_task,

@@ -24,7 +24,7 @@ from jaxcls.models.heads import get_submodule
 from jaxcls.training import losses, optim
 from jaxcls.training.finetune import Trainable
 from jaxcls.training.losses import LossFn
-from jaxcls.training.metrics import train_metrics_class
+from jaxcls.training.metrics import NO_STEP, train_metrics_class
 
 
 @flax.struct.dataclass
@@ -155,8 +155,6 @@ def multitask_loss(model: nnx.Module, images: jax.Array, targets: dict[str, jax.
   return loss, head(features).astype(jnp.float32)
 
 
-# `nonfinite_step` of a step whose loss and gradient are finite.
-NO_STEP = jnp.iinfo(jnp.int32).max
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec

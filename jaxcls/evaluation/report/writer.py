@@ -1,6 +1,5 @@
 """`write_report`: metrics, tables and figures of one evaluation into one folder."""
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,6 +8,7 @@ from absl import logging
 
 from jaxcls.evaluation.report import classification, figures, tensorboard
 from jaxcls.data.label_tasks import Tasks
+from jaxcls.training.results import strict_json
 
 NUM_MISCLASSIFIED = 16
 
@@ -57,7 +57,7 @@ def write_report(output_dir: str | Path, *, split: str, class_names: Sequence[st
                                                        tasks.values[t])
       task_counts[task] = classification.confusion_counts(task_labels, task_probabilities,
                                                           len(tasks.values[t]))
-  (output_dir / 'classification_report.json').write_text(json.dumps(report, indent=2))
+  (output_dir / 'classification_report.json').write_text(strict_json(report))
   (output_dir / 'classification_report.md').write_text(classification.to_markdown(report))
 
   probabilities = np.asarray(results[primary]['probabilities'])
