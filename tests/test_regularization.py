@@ -21,7 +21,7 @@ from PIL import Image
 from jaxcls import data
 from jaxcls.config import ConfigError, resolve_automatic_fields, validate
 from jaxcls.training.losses import make_loss_fn
-from jaxcls.training.metrics import NONFINITE, eval_metrics_class, train_metrics_class
+from jaxcls.training.metrics import NONFINITE, SKIPPED, eval_metrics_class, train_metrics_class
 from jaxcls.data.mixing import Mixup
 from jaxcls.models import create_model, model_from_config
 from jaxcls.training.optim import create_optimizer, learning_rate_schedule
@@ -56,7 +56,8 @@ def test_step_with_mixup_and_cutmix_fits_a_fixed_batch_and_names_its_accuracy(co
   for _ in range(20):
     state, metrics = train_fn(state, batch)
   summary = metrics.compute()
-  assert set(summary) == {'loss', 'accuracy_vs_dominant_label', 'learning_rate', NONFINITE}
+  assert set(summary) == {'loss', 'accuracy_vs_dominant_label', 'learning_rate', NONFINITE,
+                          SKIPPED}
   assert eval_fn(state, batch).compute()['loss'] < 0.7 * first_loss
 
 
@@ -65,9 +66,9 @@ def test_train_accuracies_are_named_for_the_dominant_label_only_under_mixing():
   plain = train_metrics_class(tasks)
   mixed = train_metrics_class(tasks, mixing=True)
   assert set(plain.__annotations__) == {'loss', 'accuracy', 'learning_rate', 'letter_accuracy',
-                                        'mark_accuracy', NONFINITE}
+                                        'mark_accuracy', NONFINITE, SKIPPED}
   assert set(mixed.__annotations__) == {
-      'loss', 'accuracy_vs_dominant_label', 'learning_rate', NONFINITE,
+      'loss', 'accuracy_vs_dominant_label', 'learning_rate', NONFINITE, SKIPPED,
       'letter_accuracy_vs_dominant_label', 'mark_accuracy_vs_dominant_label'}
 
 

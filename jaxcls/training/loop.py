@@ -48,8 +48,8 @@ class NonFiniteError(RuntimeError):
   """The loss or gradient norm stopped being finite (train.nonfinite='stop')."""
 
 
-NONFINITE_POLICIES = ('stop', 'skip')
-PARAMETERS_FILE = 'parameters.txt'  # The model's parameter table, written at the start.  # config.train.nonfinite: raise NonFiniteError, or skip.
+NONFINITE_POLICIES = ('stop', 'skip')  # config.train.nonfinite: raise NonFiniteError, or skip.
+PARAMETERS_FILE = 'parameters.txt'  # The model's parameter table, written at the start.
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *,
