@@ -17,9 +17,9 @@ from jaxcls.errors import ConfigError, ConfigProblems
 from jaxcls.models import registry
 from jaxcls.pretrained import store
 from jaxcls.pretrained.checkpoint_files import CheckpointFileError
-from jaxcls.training import checkpointing, finetune, loop, losses, optim, plateau
+from jaxcls.training import checkpointing, finetune, loop, losses, optim, plateau, tracking
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
+DEFAULT_CONFIG = Path(__file__).resolve().parent / 'configs' / 'default.py'  # In the package.
 
 
 def load_config_file(path: str | Path, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -179,7 +179,7 @@ def value_errors(c: ml_collections.ConfigDict, device_count: int = 1) -> list[st
       *losses.config_errors(c.loss, c.tasks), *plateau.config_errors(c.plateau),
       *plateau.early_stopping_config_errors(c.early_stopping),
       *_evaluate_errors(c.evaluate), *checkpointing.config_errors(c.checkpoint),
-      *_aux_errors(c),
+      *tracking.config_errors(c.tracking), *_aux_errors(c),
   ]
 
 

@@ -32,3 +32,12 @@ class ConfigProblems(list):
 
   def report(self, field: str, why: str) -> None:
     self.append(f'config.{self.name}.{field}={self.group[field]!r}: {why}')
+
+
+# `python -m jaxcls.main`'s exit status when an Optuna sweep's pruner stopped the run: the
+# sweep records the trial as pruned, not failed (jaxcls.launch.sweep).
+PRUNED_EXIT_STATUS = 3
+
+
+class TrialPruned(Exception):
+  """The sweep's pruner stopped this run after a validation (jaxcls.training.pruning)."""

@@ -16,6 +16,7 @@ from jaxcls.config import resolve_automatic_fields, validate
 from jaxcls.data import sources as data_sources
 from jaxcls.errors import ConfigError
 from jaxcls.evaluation.evaluate import report_finished_run
+from jaxcls.training import tracking
 from jaxcls.training.loop import fit
 
 
@@ -31,6 +32,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   problem = data_sources.unavailable(config.data)
   if problem:  # Before the workdir exists: a typo in a path leaves nothing behind.
     raise ConfigError(f'config.data.source={config.data.source!r}: {problem}')
+  if jax.process_index() == 0:  # Trackers write from process 0 alone; a missing one stops it here.
+    tracking.require_packages(config.tracking)
   config = resolve_automatic_fields(config, log=True)
   return fit(config, workdir, allow_config_change=allow_config_change)
 
@@ -48,4 +51,6 @@ def train_and_report(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     # Metrics tables and figures of the test split (logged, not raised, on error).
     report_finished_run(Path(workdir))
+  if jax.process_index() == 0:  # results.json and the report to the MLflow and wandb runs.
+    tracking.log_finished_run(config, workdir)
   return results

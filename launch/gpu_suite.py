@@ -16,7 +16,7 @@ interpreter start-ups included, stays inside 8 minutes):
   resnet50        benchmarks/bench_train_step.py: ResNet-50 at 224, bfloat16, batch 256,
                   train and eval, synthetic batches and the memory, folder and on-device
                   pipelines (Grain at 4 and 16 threads), and a device trace of the step
-                  (benchmarks/trace_summary.py: where the device time goes)
+                  (jaxcls/launch/trace_summary.py: where the device time goes)
   torch_resnet50  benchmarks/bench_torch.py: the PyTorch twin (torchvision, channels-last,
                   bf16 autocast), torch.compile on and off
   finetune        benchmarks/bench_finetune.py: full, partial and frozen-backbone steps

@@ -21,8 +21,8 @@ def pytest_addoption(parser):
 # Files of several minutes each, run first: with two files at a time (pytest-xdist
 # `--dist loadfile`) none of them is then left running alone at the end.
 LONGEST_FIRST = ('test_real_photos.py', 'test_gpu_suite.py', 'test_train.py',
-                 'test_finetune_transfer.py', 'test_multihost.py', 'test_sweep.py',
-                 'test_finetune.py')
+                 'test_finetune_transfer.py', 'test_multihost.py', 'test_optuna_sweep.py',
+                 'test_sweep.py', 'test_cli.py', 'test_tracking.py', 'test_finetune.py')
 
 
 def pytest_collection_modifyitems(config, items):

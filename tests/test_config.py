@@ -9,7 +9,8 @@ import pytest
 from jaxcls.config import ConfigError, load_config_file, validate
 from jaxcls.pretrained import registry
 
-CONFIGS = sorted((pathlib.Path(__file__).parents[1] / 'configs').glob('*.py'))
+CONFIGS = sorted(p for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
+                 if p.name != '__init__.py')
 
 
 def _rows(path):

@@ -1,6 +1,6 @@
 """launch/gpu_suite.py: every part runs on a CPU (--smoke) and measures what its table says;
 a part that does not fit in the budget is skipped, not started; two runs merge into one report;
-benchmarks/trace_summary.py sums a device trace as it says."""
+jaxcls/launch/trace_summary.py sums a device trace as it says."""
 
 import json
 import os
@@ -12,10 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'launch'))
-sys.path.insert(0, str(ROOT / 'benchmarks'))
 import gpu_suite  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import gpu_suite_report  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import trace_summary  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxcls.launch import trace_summary  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope='module')

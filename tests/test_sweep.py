@@ -1,20 +1,16 @@
-"""Specification of launch/sweep.py and launch/summarize.py: trials, draws, crashes, tables."""
+"""Specification of jaxcls.launch.sweep and .summarize (`jaxcls sweep`, `jaxcls summarize`): trials, draws, crashes, tables."""
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 from jaxcls.config import load_config_file
 
-LAUNCH = Path(__file__).resolve().parents[1] / 'launch'
-sys.path.insert(0, str(LAUNCH))
-import summarize  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxcls.launch import summarize, sweep
 
-DEFAULT = str(LAUNCH.parent / 'configs' / 'default.py')
+DEFAULT = str(Path(__file__).resolve().parents[1] / 'configs' / 'default.py')
 # Digits at 16x16, 4 steps of 128 per epoch, one epoch: seconds per trial.
 TINY = {'data.image_size': 16, 'train.num_epochs': 1, 'train.batch_size': 128,
         'optimizer.warmup_epochs': 0.0, 'data.epoch_examples': 512, 'train.log_every_steps': 2,

@@ -25,7 +25,7 @@ _NAMED_MEANS = {'imagenet': (registry.IMAGENET_MEAN, registry.IMAGENET_STD),
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jaxcls.cli.check_pretrained',
+  parser = argparse.ArgumentParser(prog='jaxcls check-pretrained',
                                    description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split('\n\n', 1)[1])

@@ -34,7 +34,7 @@ def pretrained_table(contains: str = '') -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jaxcls.cli.models',
+  parser = argparse.ArgumentParser(prog='jaxcls models',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--pretrained', nargs='?', const='', default=None, metavar='FILTER',
                       help='list the pretrained tags (whose name contains FILTER)')

@@ -9,6 +9,7 @@ checkpoint.
 import os
 import signal
 import sys
+from pathlib import Path
 
 # TensorFlow (behind TensorBoard's writer) prints its oneDNN and CPU-feature notices at import.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
@@ -18,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import jaxcls
+from jaxcls.cli import config_files
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _PACKAGE = os.path.dirname(os.path.abspath(jaxcls.__file__)) + os.sep
@@ -56,7 +58,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that `--help` and flag errors come back without loading JAX.
   # pylint: disable=g-import-not-at-top
-  from jaxcls.errors import ConfigError
+  from jaxcls.errors import PRUNED_EXIT_STATUS, ConfigError, TrialPruned
   from jaxcls.experiment import train_and_report
   from jaxcls.training.checkpointing import CheckpointRestoreError, CheckpointSaveError
   from jaxcls.training.loop import NonFiniteError
@@ -70,6 +72,9 @@ def main(argv):
                                allow_config_change=args.allow_config_change)
   except (ConfigError, NonFiniteError, CheckpointSaveError, CheckpointRestoreError) as e:
     sys.exit(f'jaxcls: {e}')
+  except TrialPruned as e:  # Not a failure: the sweep records the trial as pruned.
+    print(f'jaxcls: {e}', file=sys.stderr)
+    sys.exit(PRUNED_EXIT_STATUS)
   except Preempted as e:
     # 128 + the signal number, as a shell reports a process the signal ended.
     print(f'jaxcls: {e}', file=sys.stderr)
@@ -78,9 +83,29 @@ def main(argv):
   print(f"test accuracy {results['test']['accuracy']:.4f} -> {args.workdir}/results.json")
 
 
+def _config_argument(argv: list[str]) -> list[str]:
+  """`--config NAME.py[:ROW]` pointed at a shipped config when no such file is here; a
+  config file that exists nowhere ends the run in one line naming it."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg == '--config' and i + 1 < len(argv):
+      index, spec = i + 1, argv[i + 1]
+    elif arg.startswith('--config='):
+      index, spec = i, arg.split('=', 1)[1]
+    else:
+      continue
+    resolved = config_files.resolve(spec)
+    if not Path(resolved.partition(':')[0]).is_file():
+      sys.exit(f'jaxcls: --config {spec}: no such file (shipped configs: '
+               f'{", ".join(config_files.shipped())})')
+    argv[index] = resolved if index == i + 1 else f'--config={resolved}'
+  return argv
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a mistyped `--config.FIELD=VALUE` told in one line naming the
   flag (ml_collections raises it as an AttributeError from deep inside its parser)."""
+  argv = _config_argument(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:

@@ -29,7 +29,7 @@ from jaxcls import data
 from jaxcls.data.mixing import Mixup
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.errors import ConfigError, ConfigProblems, either
-from jaxcls.training import finetune, losses, optim, parallel, results
+from jaxcls.training import finetune, losses, optim, parallel, results, tracking
 from jaxcls.training.checkpointing import Checkpointer, CheckpointSaveError
 from jaxcls.training.metrics import (NONFINITE, SKIPPED, eval_metrics_class, train_accuracy,
                                      train_metrics_class)
@@ -37,7 +37,7 @@ from jaxcls.training.plateau import EarlyStopping, EarlyStoppingState, PlateauSt
 from jaxcls.training.preemption import Preempted, PreemptionGuard
 from jaxcls.training.preview import FIRST_BATCH_PNG, write_first_batch
 from jaxcls.training.profiling import StepTrace
-from jaxcls.training.progress import ProgressReporter, create_writer
+from jaxcls.training.progress import ProgressReporter
 from jaxcls.training.setup import RunParts, build_run
 from jaxcls.training.steps import NO_STEP, StepSpec, jit_preview, jit_steps, new_train_state
 from jaxcls.training.workdir import WorkdirLock, check_config as check_workdir_config
@@ -180,7 +180,7 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
   plateau, plateau_metric = _plateau_from_config(config)
   early_stopping, stopping_metric = _early_stopping_from_config(config)
   return Run(config=config, workdir=workdir, is_main=is_main,
-             writer=create_writer(str(workdir), is_main_process=is_main),
+             writer=tracking.create_writer(config, workdir, is_main_process=is_main),
              checkpointer=checkpointer, dataset=dataset, parts=parts, plan=plan,
              steps_per_epoch=steps_per_epoch, optimizer=optimizer,
              spec=_step_spec_factory(config, parts, loss_fn, mixup),
@@ -432,13 +432,14 @@ def _end_epoch(run: Run, loop: Loop, epoch: int, epoch_metrics) -> bool:
   run.writer.write_scalars(loop.step, {
       **_prefixed('val', val_metrics), 'epoch': epoch + 1,
       **({'lr_scale': loop.plateau_state.scale} if run.plateau else {})})
-  run.writer.flush()
   loop.history.append(entry)
   logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
                epoch + 1, config.train.num_epochs, train_summary['loss'],
                train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
   with loop.progress.timed('checkpoint'):
     run.checkpointer.save(loop.state, meta=_meta(run, loop, epoch + 1), metrics=val_metrics)
+  # After the save: a sweep's pruner stops the run here (TrialPruned), its epoch kept.
+  run.writer.flush()
   stopping = loop.stopping_state
   if stopping is None or not stopping.should_stop:
     return False

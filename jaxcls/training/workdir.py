@@ -33,11 +33,14 @@ CONFIG_FILE = 'config.json'
 # (model.conv_lowering changes how a convolution is computed, not which one; it is also absent
 # from the workdirs of runs older than the field).
 FREE_FIELDS = ('evaluate.', 'train.log_every_steps', 'data.num_workers', 'data.num_threads',
-               'data.prefetch', 'data.data_dir', 'data.download', 'model.conv_lowering')
+               'data.prefetch', 'data.data_dir', 'data.download', 'model.conv_lowering',
+               'tracking.')
 # Fields newer than some workdirs: compared only where the saved config has them, so a run
 # saved before them still resumes (its data and model came from their old behaviour).
 NEWER_FIELDS = ('data.interpolation', 'data.missing_test', 'model.head_zero_init',
-                'model.padding', 'model.batch_norm_epsilon', 'train.max_skipped_fraction')
+                'model.padding', 'model.batch_norm_epsilon', 'train.max_skipped_fraction',
+                'tracking.backends', 'tracking.run_name', 'tracking.mlflow_tracking_uri',
+                'tracking.mlflow_experiment', 'tracking.wandb_project', 'tracking.wandb_entity')
 
 
 def _flatten(tree, prefix=''):

@@ -1,6 +1,6 @@
 """Grid search: learning rate x batch size x MLP head units (12 trials), AdamW.
 
-    python launch/sweep.py --config configs/default.py --sweep launch/sweeps/hparam_grid.py \
+    jaxcls sweep --config default.py --sweep hparam_grid \
         --root runs/hparam_grid
 """
 

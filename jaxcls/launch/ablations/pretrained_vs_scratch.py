@@ -1,6 +1,6 @@
 """The same network and schedule from ImageNet weights and from scratch.
 
-    python launch/ablations/pretrained_vs_scratch.py [--dataset tfds:cifar10] [--epochs 6]
+    jaxcls ablate pretrained_vs_scratch [--dataset tfds:cifar10] [--epochs 6]
 
 EfficientNet-Lite0 (configs/finetune_digits.py rows 'full' and 'scratch': the
 real ImageNet weights, installed offline, vs random initialisation), fully
@@ -9,7 +9,7 @@ trained; writes ROOT/pretrained_vs_scratch.md.
 
 import sys
 
-from common import run_suite  # pylint: disable=g-import-not-at-top
+from jaxcls.launch.ablations.common import run_suite
 
 BASE = 'configs/finetune_digits.py'
 

@@ -1,8 +1,8 @@
 """Stratified k-fold cross-validation: one trial per fold (default 5), summarised as mean +- std.
 
-    python launch/sweep.py --config configs/default.py --sweep launch/sweeps/kfold.py:5 \
+    jaxcls sweep --config default.py --sweep kfold:5 \
         --root runs/kfold
-    python launch/summarize.py runs/kfold      # the k-fold table: mean +- std over the folds
+    jaxcls summarize runs/kfold      # the k-fold table: mean +- std over the folds
 
 Combine with other axes by adding them to `grid` (or `random`): every
 configuration then runs on every fold.

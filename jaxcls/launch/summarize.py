@@ -1,6 +1,6 @@
 """One table of every trial of a sweep, sorted by a metric, and a figure of their validation curves.
 
-    python launch/summarize.py ROOT [--metric val_accuracy] [--mode max]
+    jaxcls summarize ROOT [--metric val_accuracy] [--mode max]
 
 Writes ROOT/summary.md, ROOT/summary.csv and ROOT/val_curves.png and prints
 the markdown. Columns: the swept values, status, best validation metric and its
@@ -11,7 +11,9 @@ folds of each configuration.
 
 Works while the sweep runs: a finished trial is read from its results.json, a
 running one from its latest checkpoint's meta (the per-epoch history) and its
-trial.json, a failed one shows its status and the last line of its log.
+trial.json, a failed one shows its status and the last line of its log, a pruned one
+(Optuna) the epochs it ran. An Optuna search (ROOT/study.db) adds its trials by state and
+its best trial's parameters.
 """
 
 import argparse
@@ -25,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep as sweep_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxcls.launch import optuna_search
+from jaxcls.launch import sweep as sweep_lib
 
 FOLD_FIELD = 'data.fold'
 LOWER_IS_BETTER = ('loss', 'gap', 'seconds')
@@ -203,7 +205,7 @@ def plot_curves(rows: list[dict], path: Path, metric: str = 'accuracy') -> bool:
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   for row in with_history:
     epochs = [h['epoch'] for h in row['_history']]
-    style = '-' if row['status'] == 'finished' else '--'
+    style = {'finished': '-', 'pruned': ':'}.get(row['status'], '--')
     for ax, name in zip(axes, (metric, 'loss')):
       ax.plot(epochs, [h['val'].get(name, float('nan')) for h in row['_history']], style,
               marker='o', markersize=3, label=row['trial'])
@@ -213,7 +215,7 @@ def plot_curves(rows: list[dict], path: Path, metric: str = 'accuracy') -> bool:
     ax.set_ylabel(f'val {name}')
     ax.grid(alpha=0.3)
   axes[1].legend(fontsize=7, loc='upper right', ncol=1 + len(with_history) // 12)
-  fig.suptitle('validation curves (dashed: unfinished)')
+  fig.suptitle('validation curves (dotted: pruned, dashed: unfinished)')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -228,7 +230,7 @@ def summarize(root: str | Path, metric: str = 'val_accuracy', mode: str | None =
   rows = sort_rows(rows, metric, mode)
   columns = _columns(rows, fields)
   counts = {s: sum(r['status'] == s for r in rows) for s in
-            ('finished', 'running', 'failed', 'stopped', 'pending', 'interrupted')}
+            ('finished', 'pruned', 'running', 'failed', 'stopped', 'pending', 'interrupted')}
   markdown = (f'## {root}\n\n{len(rows)} trials: ' +
               ', '.join(f'{n} {s}' for s, n in counts.items() if n) +
               f'; sorted by {metric}\n\n' + markdown_table(rows, columns) + '\n')
@@ -238,6 +240,9 @@ def summarize(root: str | Path, metric: str = 'val_accuracy', mode: str | None =
     folds = sort_rows(folds, f'_{metric}', mode)
     markdown += ('\n### k-fold: mean ± std over folds\n\n' +
                  markdown_table(folds, fold_columns) + '\n')
+  study = optuna_search.study_summary(root, metric)  # An Optuna search: its best parameters.
+  if study:
+    markdown += '\n' + study
   result = dict(rows=rows, columns=columns, fields=fields, markdown=markdown, folds=folds)
   if write:
     (root / 'summary.md').write_text(markdown)
@@ -253,7 +258,7 @@ def summarize(root: str | Path, metric: str = 'val_accuracy', mode: str | None =
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = argparse.ArgumentParser(prog='jaxcls summarize', description=__doc__.split('\n\n')[0])
   parser.add_argument('root', help='a sweep\'s --root')
   parser.add_argument('--metric', default='val_accuracy',
                       help='column to sort by: val_accuracy, val_loss, test_accuracy, gap, ...')

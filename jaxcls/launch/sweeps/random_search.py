@@ -1,7 +1,7 @@
 """Random search: log-uniform learning rate and weight decay, a few discrete choices.
 
-    python launch/sweep.py --config configs/default.py --sweep launch/sweeps/random_search.py \
-        --root runs/random_search          # --sweep launch/sweeps/random_search.py:16 for 16 trials
+    jaxcls sweep --config default.py --sweep random_search \
+        --root runs/random_search          # --sweep random_search:16 for 16 trials
 """
 
 

@@ -415,4 +415,43 @@ def get_config() -> ml_collections.ConfigDict:
   # checkpoints by `checkpoint.best_metric`. Only those on disk count: the
   # latest `checkpoint.keep` and the best, so at most keep + 1.
   evaluate.top_k_checkpoints = 1
+
+  # ------------------------------------------------------------ tracking ---
+  # Where the metrics go (`jaxcls.training.tracking`), read on process 0 only.
+  config.tracking = tracking = ml_collections.ConfigDict()
+  # Any of 'tensorboard' (event files in WORKDIR), 'mlflow' and 'wandb', e.g.
+  # ('tensorboard', 'mlflow'), on the command line also
+  # `--config.tracking.backends=tensorboard,mlflow`; the console always shows
+  # the metrics. MLflow and wandb are optional extras (pip install
+  # 'jaxcls[mlflow]', 'jaxcls[wandb]').
+  # Each tracked run gets the flat config as its parameters, the train metrics
+  # every `train.log_every_steps`, the val metrics after each epoch and the
+  # test metrics, all at the global step, and at the end results.json,
+  # config.json and WORKDIR/report/ as files. Its id is kept in
+  # WORKDIR/tracking.json, so a rerun of the workdir continues the same run.
+  tracking.backends = ('tensorboard',)
+  # The run's name in MLflow and wandb; empty: the workdir's folder name.
+  tracking.run_name = ''
+  # MLflow's tracking URI: 'sqlite:///PATH.db', a server ('http://HOST:5000')
+  # or a file store ('file:PATH/mlruns'; MLflow 3 opens those only on request,
+  # and naming one here is that request). None: $MLFLOW_TRACKING_URI, else
+  # 'sqlite:///WORKDIR/../mlflow.db', one store for the runs of a folder,
+  # with their files in WORKDIR/../mlartifacts/.
+  tracking.mlflow_tracking_uri = config_dict.placeholder(str)
+  # The MLflow experiment the run goes into (created when missing).
+  tracking.mlflow_experiment = 'jaxcls'
+  # wandb's project and entity (None: the account's default entity). Offline
+  # (WANDB_MODE=offline) the run stays in WORKDIR/wandb/ (or $WANDB_DIR) for
+  # a later `wandb sync`.
+  tracking.wandb_project = 'jaxcls'
+  tracking.wandb_entity = config_dict.placeholder(str)
+  # The Optuna trial this run reports to, set by `jaxcls sweep --search ...` in
+  # each trial's config (jaxcls.launch.optuna_search): after every epoch the
+  # val metric `optuna_metric` goes to trial `optuna_trial` of study
+  # `optuna_study` in `optuna_storage`, whose pruner may stop the run there.
+  # None: no study.
+  tracking.optuna_storage = config_dict.placeholder(str)
+  tracking.optuna_study = 'jaxcls'
+  tracking.optuna_trial = -1
+  tracking.optuna_metric = 'val_accuracy'
   return config

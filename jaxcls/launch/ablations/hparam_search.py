@@ -1,6 +1,6 @@
 """Grid search vs random search at the same budget: learning rate x weight decay.
 
-    python launch/ablations/hparam_search.py [--budget 9] [--dataset tfds:cifar10] [--epochs 5]
+    jaxcls ablate hparam_search [--budget 9] [--dataset tfds:cifar10] [--epochs 5]
 
 Grid: sqrt(budget) learning rates x sqrt(budget) weight decays, log-spaced over
 the same ranges the random search draws from log-uniformly (`--budget` trials,
@@ -11,7 +11,7 @@ ROOT/hparam_search.md.
 import math
 import sys
 
-from common import run_suite  # pylint: disable=g-import-not-at-top
+from jaxcls.launch.ablations.common import run_suite
 
 BASE = 'configs/default.py'
 LEARNING_RATE = (0.01, 0.4)

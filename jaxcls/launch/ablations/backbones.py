@@ -1,6 +1,6 @@
 """Backbones side by side, same data and schedule: ResNet-18, ResNet-50, VGG-16, ConvNeXt-T.
 
-    python launch/ablations/backbones.py [--dataset tfds:cifar10] [--epochs 10] [--width 16]
+    jaxcls ablate backbones [--dataset tfds:cifar10] [--epochs 10] [--width 16]
 
 From scratch at 32x32 by default; `--width` narrows every family alike (0: the
 architectures' own widths, for a GPU). VGG-16 uses a global-pooling head.
@@ -10,7 +10,7 @@ Writes ROOT/backbones.md.
 
 import sys
 
-from common import run_suite  # pylint: disable=g-import-not-at-top
+from jaxcls.launch.ablations.common import run_suite
 
 BASE = 'configs/default.py'
 

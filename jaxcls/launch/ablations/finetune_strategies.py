@@ -1,6 +1,6 @@
 """Fine-tuning strategies on one pretrained backbone: full / partial / feature extraction / gradual.
 
-    python launch/ablations/finetune_strategies.py [--root runs/ablations/finetune_strategies]
+    jaxcls ablate finetune_strategies [--root runs/ablations/finetune_strategies]
         [--dataset tfds:cifar10] [--epochs 6] [--parallel 2] [--rows full,partial,...]
 
 The rows of configs/finetune_digits.py (the real ImageNet EfficientNet-Lite0,
@@ -10,7 +10,7 @@ ROOT/finetune_strategies.md with the table (sorted by val accuracy).
 
 import sys
 
-from common import run_suite  # pylint: disable=g-import-not-at-top
+from jaxcls.launch.ablations.common import run_suite
 
 BASE = 'configs/finetune_digits.py'
 ROWS = ('full', 'partial', 'feature_extraction', 'gradual')

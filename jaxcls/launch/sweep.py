@@ -1,8 +1,13 @@
 """Sweeps: many trainings of one config, each a separate `python -m jaxcls.main` process.
 
-    python launch/sweep.py --config configs/default.py --sweep launch/sweeps/lr_width.py \\
-        --root runs/lr_width [--parallel 2] [--set train.num_epochs=3 ...]
-    python launch/summarize.py runs/lr_width
+    jaxcls sweep --config default.py --sweep lr_width --root runs/lr_width \\
+        [--parallel 2] [--set train.num_epochs=3 ...]
+    jaxcls summarize runs/lr_width
+
+(`python -m jaxcls sweep` without the console script; the command line is
+`jaxcls.launch.sweep_command`, Optuna's search `jaxcls.launch.optuna_search`.)
+--config is a file or a shipped config's name (jaxcls/configs); --sweep a file or a
+shipped sweep's name (jaxcls/launch/sweeps: lr_width, hparam_grid, random_search, kfold).
 
 A sweep file is data: a Python file whose `get_sweep()` (or `get_sweep(ARG)` for
 `--sweep FILE:ARG`) returns a dict with any of
@@ -32,7 +37,6 @@ share one persistent XLA compilation cache (ROOT/.jax_cache), so the programs
 of a model compile once per sweep, not once per trial.
 """
 
-import argparse
 import ast
 import hashlib
 import importlib.util
@@ -49,7 +53,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from jaxcls.cli import config_files
+
+# The folder holding the jaxcls package, put on the trials' PYTHONPATH: a checkout that was
+# never installed runs its trials from its own code.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+SHIPPED_SWEEPS = Path(__file__).resolve().parent / 'sweeps'
 CONFIG_ARG = 'config_arg'
 DISTRIBUTIONS = ('choice', 'uniform', 'log_uniform', 'int')
 LOG_TAIL_LINES = 30
@@ -63,7 +72,11 @@ def load_sweep(spec: str) -> dict:
   """`get_sweep()` of FILE, or `get_sweep(ARG)` of FILE:ARG."""
   path, _, arg = spec.partition(':')
   if not Path(path).is_file():
-    raise SystemExit(f'--sweep {spec}: no such file')
+    shipped = SHIPPED_SWEEPS / (Path(path).stem + '.py')
+    if Path(path).parent.name not in ('', 'sweeps') or not shipped.is_file():
+      names = ', '.join(sorted(p.stem for p in SHIPPED_SWEEPS.glob('[!_]*.py')))
+      raise SystemExit(f'--sweep {spec}: no such file (shipped sweeps: {names})')
+    path = str(shipped)
   module_spec = importlib.util.spec_from_file_location(f'_jaxcls_sweep_{Path(path).stem}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -183,7 +196,7 @@ def trial_config_source(config_file: str, config_arg: str | None, overrides: dic
   overrides = {k: v for k, v in overrides.items() if k != CONFIG_ARG}
   lines = ',\n'.join(f'    {field!r}: {value!r}' for field, value in overrides.items())
   return (
-      '"""Written by launch/sweep.py: the base config with this trial\'s values."""\n\n'
+      '"""Written by jaxcls sweep: the base config with this trial\'s values."""\n\n'
       'from jaxcls.config import apply_overrides, load_config_file\n\n'
       f'BASE = {str(Path(config_file).resolve())!r}\n'
       f'BASE_ARG = {config_arg!r}\n'
@@ -247,10 +260,11 @@ class Sweep:
   def __init__(self, config: str, trials: list[dict], root: str | Path, *, parallel: int = 1,
                devices: list[str] | None = None, python: str = sys.executable,
                retry_failed: bool = True, extra_env: dict | None = None):
-    self.config_file, _, self.config_arg = config.partition(':')
+    self.config_file, _, self.config_arg = config_files.resolve(config).partition(':')
     self.config_arg = self.config_arg or None
     if not Path(self.config_file).is_file():
-      raise SystemExit(f'--config {config}: no such file')
+      raise SystemExit(f'--config {config}: no such file (shipped configs: '
+                       f'{", ".join(config_files.shipped())})')
     self.trials = trials
     self.root = Path(root)
     self.parallel = max(1, parallel)
@@ -292,22 +306,34 @@ class Sweep:
           if slot not in running and queue:
             running[slot] = self._start(queue.pop(0), slot)
         time.sleep(0.2)
-        for slot, (trial, process, log, started) in list(running.items()):
-          if process.poll() is not None:
-            log.close()
-            outcome[trial['name']] = self._finish(trial, process.returncode, started)
-            del running[slot]
+        self._reap(running, outcome)
     except KeyboardInterrupt:
-      for trial, process, log, started in running.values():
-        process.terminate()
-        process.wait()
-        log.close()
-        self._record(trial, status='interrupted', seconds=time.time() - started)
+      self._interrupt(running)
       raise
     done = list(outcome.values())
     print(f'[sweep] {self.root}: {done.count("finished")} finished, {done.count("failed")} '
           f'failed, {done.count("skipped")} skipped', flush=True)
     return outcome
+
+  def _reap(self, running: dict, outcome: dict) -> list[dict]:
+    """Records the trials of `running` (slot -> (trial, process, log, start)) whose process
+    ended, in `outcome`, and takes them out; returns them."""
+    ended = []
+    for slot, (trial, process, log, started) in list(running.items()):
+      if process.poll() is not None:
+        log.close()
+        outcome[trial['name']] = self._finish(trial, process.returncode, started)
+        del running[slot]
+        ended.append(trial)
+    return ended
+
+  def _interrupt(self, running: dict) -> None:
+    """Ctrl-C: the running trials stop, recorded as interrupted (a rerun resumes them)."""
+    for trial, process, log, started in running.values():
+      process.terminate()
+      process.wait()
+      log.close()
+      self._record(trial, status='interrupted', seconds=time.time() - started)
 
   def _command(self, workdir: Path) -> list[str]:
     return [self.python, '-m', 'jaxcls.main', f'--config={workdir / "trial_config.py"}',
@@ -324,7 +350,7 @@ class Sweep:
     # The model's initialisers compile many small programs: cache those too.
     env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
     env.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get('PYTHONPATH')]))
     if self.slots[slot] is not None:
       env['CUDA_VISIBLE_DEVICES'] = self.slots[slot]
     command = self._command(workdir)
@@ -334,7 +360,7 @@ class Sweep:
     started = time.time()
     self._record(trial, status='running', command=command, started=started,
                  devices=self.slots[slot], pid=None)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     self._record(trial, pid=process.pid)
     print(f'[sweep] start {trial["name"]}' +
           (f' on CUDA_VISIBLE_DEVICES={self.slots[slot]}' if self.slots[slot] else ''),
@@ -382,39 +408,3 @@ def run_sweep(config: str, sweep: dict, root: str | Path, *, parallel: int = 1,
   """Expands `sweep` (with `fixed` overrides on top of its own) and runs it under `root`."""
   sweep = dict(sweep, fixed={**sweep.get('fixed', {}), **(fixed or {})})
   return Sweep(config, expand(sweep), root, parallel=parallel, **kwargs).run()
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='base config, FILE or FILE:ARG')
-  parser.add_argument('--sweep', required=True, help='sweep file, FILE or FILE:ARG')
-  parser.add_argument('--root', required=True, help='directory of the trials\' workdirs')
-  parser.add_argument('--parallel', type=int, default=1, help='trials at a time')
-  parser.add_argument('--devices', default=None,
-                      help='accelerator ids to divide among the parallel trials, e.g. 0,1,2,3 '
-                      '(default: CUDA_VISIBLE_DEVICES or every GPU nvidia-smi lists)')
-  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
-                      help='a config override for every trial (repeatable)')
-  parser.add_argument('--no_retry_failed', action='store_true',
-                      help='on a re-run, leave failed trials failed')
-  parser.add_argument('--dry_run', action='store_true', help='list the trials and stop')
-  args = parser.parse_args(argv)
-  sweep = load_sweep(args.sweep)
-  sweep['fixed'] = {**sweep.get('fixed', {}), **parse_set(args.set)}
-  try:
-    trials = expand(sweep)
-  except ValueError as e:
-    raise SystemExit(f'{args.sweep}: {e}') from e
-  if args.dry_run:
-    for trial in trials:
-      print(trial['name'], trial['overrides'])
-    return 0
-  devices = None if args.devices is None else [d for d in args.devices.split(',') if d]
-  outcome = Sweep(args.config, trials, args.root, parallel=args.parallel, devices=devices,
-                  retry_failed=not args.no_retry_failed).run()
-  return 1 if 'failed' in outcome.values() else 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

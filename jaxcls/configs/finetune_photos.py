@@ -20,7 +20,7 @@ from pathlib import Path
 from jaxcls.config import apply_overrides, default_config
 
 TAG = 'efficientnet_lite0.tf_in1k'
-PHOTOS = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'hymenoptera' / (
+PHOTOS = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'hymenoptera' / (
     'hymenoptera_data')
 ROWS = {
     'full': {},

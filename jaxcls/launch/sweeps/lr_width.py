@@ -1,6 +1,6 @@
 """A 2x2 grid: learning rate x model width.
 
-    python launch/sweep.py --config configs/default.py --sweep launch/sweeps/lr_width.py \
+    jaxcls sweep --config default.py --sweep lr_width \
         --root runs/lr_width --parallel 2
 """
 

@@ -1,6 +1,6 @@
 """Where a traced train step spends the device's time, from a `jax.profiler` trace.
 
-    python benchmarks/trace_summary.py DIR_OR_XPLANE_PB [--top 15]
+    python -m jaxcls.launch.trace_summary DIR_OR_XPLANE_PB [--top 15]
 
 Reads the `.xplane.pb` that `jax.profiler.start_trace`/`stop_trace` wrote and,
 for each accelerator plane (`/device:GPU:0`, `/device:TPU:0`), sums the time of
@@ -10,7 +10,7 @@ the time per category of op (convolutions, matmuls, fusions, copies and
 transposes, reductions, collectives) and the ops that cost the most. A CPU
 trace has no device plane: the summary says so and lists the planes it saw.
 
-`benchmarks/bench_train_step.py --profile_dir` writes the summary of its
+`jaxcls bench --profile_dir` writes the summary of its
 traced steps into its JSON; `launch/gpu_suite.py` prints it.
 """
 

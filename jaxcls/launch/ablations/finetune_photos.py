@@ -1,6 +1,6 @@
 """Fine-tuning strategies on real photos: full / partial / feature extraction / gradual / scratch.
 
-    python launch/ablations/finetune_photos.py [--root runs/ablations/finetune_photos]
+    jaxcls ablate finetune_photos [--root runs/ablations/finetune_photos]
         [--dataset folder:PATH] [--epochs 3] [--parallel 1] [--rows full,partial,...]
 
 The rows of configs/finetune_photos.py: the real ImageNet EfficientNet-Lite0 by
@@ -11,7 +11,7 @@ ROOT/finetune_photos.md with the table (sorted by val accuracy).
 
 import sys
 
-from common import run_suite  # pylint: disable=g-import-not-at-top
+from jaxcls.launch.ablations.common import run_suite
 
 BASE = 'configs/finetune_photos.py'
 ROWS = ('full', 'partial', 'feature_extraction', 'gradual', 'scratch')

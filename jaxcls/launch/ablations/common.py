@@ -3,22 +3,20 @@
 A suite is a module with a docstring, `BASE` (its base config, FILE or
 FILE:ARG), `sweeps(args) -> {name: sweep dict}` and optionally `add_flags(parser)`.
 Each named sweep runs under ROOT/NAME (or ROOT itself when there is one) with
-`launch/sweep.py`'s machinery, then `launch/summarize.py` writes its table.
+`jaxcls sweep`'s machinery, then `jaxcls summarize` writes its table. A suite runs as
+`jaxcls ablate SUITE ...` (or `python -m jaxcls.launch.ablations.SUITE`); BASE is a shipped
+config (jaxcls/configs), found wherever jaxcls is installed.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-LAUNCH = Path(__file__).resolve().parents[1]
-REPO = LAUNCH.parent
-sys.path.insert(0, str(LAUNCH))
-import summarize  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-import sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxcls.launch import summarize, sweep
 
 
-def parser_for(doc: str, default_root: str) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=doc.split('\n\n')[0],
+def parser_for(doc: str, default_root: str, name: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog=f'jaxcls ablate {name}', description=doc.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=doc.split('\n\n', 1)[-1])
   parser.add_argument('--root', default=default_root, help='where the trials go')
@@ -45,7 +43,7 @@ def fixed_overrides(args) -> dict:
 
 def run_suite(doc: str, name: str, base: str, sweeps, add_flags=None, argv=None) -> int:
   """Parses the command line, runs each sweep, prints and writes each table."""
-  parser = parser_for(doc, f'runs/ablations/{name}')
+  parser = parser_for(doc, f'runs/ablations/{name}', name)
   if add_flags is not None:
     add_flags(parser)
   args = parser.parse_args(argv)
@@ -56,7 +54,7 @@ def run_suite(doc: str, name: str, base: str, sweeps, add_flags=None, argv=None)
   for sweep_name, spec in named.items():
     root = Path(args.root) / sweep_name if len(named) > 1 else Path(args.root)
     print(f'[{name}] {sweep_name}: {len(sweep.expand(spec))} trials under {root}', flush=True)
-    outcome = sweep.run_sweep(str(REPO / base) if not Path(base).is_absolute() else base,
+    outcome = sweep.run_sweep(base,
                               spec, root, parallel=args.parallel, fixed=fixed)
     failed |= 'failed' in outcome.values()
     result = summarize.summarize(root, args.metric)

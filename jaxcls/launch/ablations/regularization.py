@@ -1,7 +1,7 @@
 """A regularisation ladder, each rung adding to the one before:
 none -> +balancing -> +strong augmentation -> +Mixup/CutMix -> +pretrained.
 
-    python launch/ablations/regularization.py [--dataset folder:PATH] [--epochs 8] [--parallel 2]
+    jaxcls ablate regularization [--dataset folder:PATH] [--epochs 8] [--parallel 2]
 
 On EfficientNet-Lite0 at 32x32 (configs/digits_efficientnet_lite0.py): the
 first four rungs from scratch, the last from the real ImageNet weights
@@ -13,7 +13,7 @@ erasing; '+Mixup/CutMix' mixes batches (mixup.*). Writes ROOT/regularization.md.
 
 import sys
 
-from common import run_suite  # pylint: disable=g-import-not-at-top
+from jaxcls.launch.ablations.common import run_suite
 
 from jaxcls.config import default_config  # pylint: disable=g-import-not-at-top
 
