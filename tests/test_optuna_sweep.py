@@ -81,3 +81,21 @@ def test_a_pruned_trial_stops_after_its_epoch_and_a_rerun_resumes_the_study(tmp_
   assert 'Optuna study' in table['markdown'] and f'Best: trial {study.best_trial.number}' in (
       table['markdown'])
   assert (root / 'val_curves.png').is_file()
+
+
+@pytest.mark.parametrize('warmup_epochs', [0, 1])
+def test_the_median_pruner_spares_the_warmup_epochs_and_prunes_after(warmup_epochs):
+  from jaxcls.training.pruning import make_pruner  # pylint: disable=g-import-not-at-top
+  study = optuna.create_study(direction='maximize',
+                              pruner=make_pruner('median', startup_trials=1,
+                                                 warmup_epochs=warmup_epochs))
+  good = study.ask()
+  for epoch in (1, 2):
+    good.report(0.9, epoch)
+  study.tell(good, 0.9)
+  bad = study.ask()
+  pruned_at = []
+  for epoch in (1, 2):
+    bad.report(0.1, epoch)
+    pruned_at += [epoch] if bad.should_prune() else []
+  assert pruned_at == [e for e in (1, 2) if e > warmup_epochs]

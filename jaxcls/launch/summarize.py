@@ -214,6 +214,7 @@ def plot_curves(rows: list[dict], path: Path, metric: str = 'accuracy') -> bool:
     ax.set_xlabel('epoch')
     ax.set_ylabel(f'val {name}')
     ax.grid(alpha=0.3)
+  axes[1].set_yscale('log')  # A first epoch's loss can be 100x the rest (BatchNorm settling).
   axes[1].legend(fontsize=7, loc='upper right', ncol=1 + len(with_history) // 12)
   fig.suptitle('validation curves (dotted: pruned, dashed: unfinished)')
   fig.tight_layout()

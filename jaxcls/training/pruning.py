@@ -20,12 +20,13 @@ PRUNERS = ('median', 'hyperband', 'none')
 def make_pruner(name: str, *, startup_trials: int = 2, warmup_epochs: int = 1,
                 max_epochs: int = 0):
   """Optuna's MedianPruner (prune below the median of earlier trials at the same epoch, once
-  `startup_trials` finished and after `warmup_epochs`), HyperbandPruner over 1..max_epochs,
-  or NopPruner."""
+  `startup_trials` finished; the first `warmup_epochs` epochs never, since a first epoch's
+  validation is noisy: BatchNorm statistics still settling), HyperbandPruner over
+  1..max_epochs, or NopPruner."""
   import optuna  # pylint: disable=g-import-not-at-top
-  if name == 'median':
+  if name == 'median':  # Optuna prunes from step n_warmup_steps on; steps are epochs from 1.
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
-                                       n_warmup_steps=warmup_epochs)
+                                       n_warmup_steps=warmup_epochs + 1)
   if name == 'hyperband':  # max_epochs 0: Optuna estimates it from the first trials.
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs or 'auto')
   if name == 'none':
