@@ -17,6 +17,8 @@ import numpy as np
 import optax
 import pytest
 
+from jaxcls.config import default_config
+from jaxcls.data import mixing
 from jaxcls.data.mixing import Mixup, box_lambda, cutmix_box, dominant_label_accuracy, mix
 
 _NUM_CLASSES = 5
@@ -206,3 +208,12 @@ def test_batch_sharded_over_four_devices_mixes_as_unsharded():
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('OK')
+
+
+def test_mixing_stops_from_off_epoch_on():
+  config = default_config().mixup
+  config.mixup_alpha, config.off_epoch = 0.2, 3
+  mixup = mixing.from_config(config)
+  assert [mixing.mixup_at_epoch(mixup, config, e) for e in range(5)] == [mixup] * 3 + [None] * 2
+  config.off_epoch = 0  # Mixing to the end.
+  assert mixing.mixup_at_epoch(mixup, config, 100) == mixup

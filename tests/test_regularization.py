@@ -117,12 +117,14 @@ def test_configured_loss_is_the_one_the_step_differentiates(config):
 
 def test_regularisation_fields_are_validated_by_name(config):
   config.mixup.prob = 1.5
+  config.mixup.off_epoch = -1
   config.loss.class_weights = 'sqrt'
   config.plateau.factor = 1.0
   config.early_stopping.metric = 'f1'
   with pytest.raises(ConfigError) as error:
     validate(config)
   for message in ('config.mixup.prob=1.5: must be a probability',
+                  'config.mixup.off_epoch=-1: must be >= 0',
                   "config.loss.class_weights='sqrt': expected 'none' or one of",
                   'config.plateau.factor=1.0: must be in (0, 1)',
                   "config.early_stopping.metric='f1': expected a validation metric"):
@@ -235,3 +237,29 @@ def test_first_batch_is_written_once_after_augmentation_and_mixing(resumed_run):
   assert b'train/first_batch' in events
 
 
+
+
+def test_mixup_off_epoch_trains_the_last_epochs_unmixed_also_after_a_resume(
+    tiny_config, tmp_path, monkeypatch):
+  """The loop re-jits the step without Mixup/CutMix at `mixup.off_epoch`; a run resumed
+  after it starts unmixed. The train metrics keep their names throughout."""
+  from jaxcls.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxcls.training import loop  # pylint: disable=g-import-not-at-top
+  specs = []
+
+  def recording(spec):
+    specs.append(spec)
+    return jit_steps(spec)
+
+  monkeypatch.setattr(loop, 'jit_steps', recording)
+  config = _constant_lr(tiny_config)
+  config.data.epoch_examples, config.train.batch_size = 256, 128  # Two steps per epoch.
+  config.mixup.mixup_alpha, config.mixup.off_epoch = 0.4, 1
+  config.train.num_epochs = 2
+  results = train_and_evaluate(config, str(tmp_path))
+  assert [spec.mixup for spec in specs] == [loop.mixing.from_config(config.mixup), None]
+  assert all('accuracy_vs_dominant_label' in h['train'] for h in results['history'])
+  specs.clear()
+  config.train.num_epochs = 3
+  train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+  assert [spec.mixup for spec in specs] == [None]

@@ -271,17 +271,34 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------- optimizer ---
   config.optimizer = opt = ml_collections.ConfigDict()
-  # 'sgd' (momentum, optionally Nesterov) or 'adamw'.
+  # 'sgd' (momentum, optionally Nesterov), 'adamw', 'lamb' (Adam moments and a
+  # per-tensor trust ratio, You et al. 2020: for large batches), 'lion' (the
+  # sign of a momentum, Chen et al. 2023: take a 3-10x smaller learning rate
+  # and a 3-10x larger weight decay than AdamW's, and b2=0.99 as the paper) or
+  # 'rmsprop' (PyTorch's, as timm's 'rmsprop').
   opt.name = 'sgd'
   # Peak learning rate, reached after warm-up.
   opt.learning_rate = 0.1
+  # Momentum of 'sgd' and 'rmsprop' (0: none); Nesterov's for 'sgd'.
   opt.momentum = 0.9
   opt.nesterov = True
-  # Decoupled (AdamW) or L2-style (SGD) weight decay; never applied to biases
-  # and normalisation parameters.
+  # Decoupled (AdamW, LAMB, Lion) or L2-style (SGD, RMSprop) weight decay; never
+  # applied to biases and normalisation parameters.
   opt.weight_decay = 5e-4
+  # Moment decays of 'adamw' and 'lamb'; Lion's interpolation (b1) and
+  # momentum (b2) decays.
   opt.b1 = 0.9
   opt.b2 = 0.999
+  # 'rmsprop': decay of the mean squared gradient (PyTorch's alpha; timm 0.9).
+  opt.rmsprop_decay = 0.9
+  # Gradient clipping, on the gradients of the trainable groups before the
+  # optimizer and the learning-rate multipliers (timm's --clip-grad): scale
+  # them to at most this global norm (0: off)...
+  opt.clip_grad_norm = 0.0
+  # ...and/or adaptive clipping (Brock et al. 2021, timm's --clip-mode agc):
+  # each unit's gradient norm to at most this factor times its weights' norm
+  # (e.g. 0.01; 0: off).
+  opt.adaptive_clip = 0.0
   # Learning-rate schedule: 'cosine' (to zero), 'step' or 'constant'; all
   # start with `warmup_epochs` of linear warm-up from zero.
   opt.schedule = 'cosine'
@@ -295,6 +312,17 @@ def get_config() -> ml_collections.ConfigDict:
   train.num_epochs = 15
   # Global batch size, split evenly across all devices.
   train.batch_size = 64
+  # Gradient accumulation: each step splits its batch into this many
+  # micro-batches, run one after the other (a scan inside the jitted step), and
+  # makes one optimizer update with their mean gradient, so a batch that does
+  # not fit in memory at once still trains as `batch_size`: the step count,
+  # schedule and data position do not change (1: off). BatchNorm in training
+  # mode normalises each micro-batch by its own statistics and updates its
+  # running averages once per micro-batch, in order, as PyTorch's accumulation
+  # does; with BatchNorm frozen (or none) the step equals one of the whole
+  # batch. Each micro-batch's size (`batch_size` / this) must be even and
+  # divide by the device count.
+  train.grad_accum_steps = 1
   # Global batch size for validation and test (0: same as `batch_size`).
   train.eval_batch_size = 0
   # Label smoothing of the training loss's targets (0: off); applied once, in
@@ -335,6 +363,10 @@ def get_config() -> ml_collections.ConfigDict:
   mixup.switch_prob = 0.5
   # 'batch': one weight, method and box per batch; 'elem': per example.
   mixup.mode = 'batch'
+  # Train without mixing from this epoch on (0-based, timm's --mixup-off-epoch:
+  # 10 mixes the first 10 epochs; 0: mix to the end), so the last epochs see
+  # clean images. The train accuracy keeps its name for the whole run.
+  mixup.off_epoch = 0
 
   # ---------------------------------------------------------------- loss ---
   # The training loss (validation and test report the plain cross-entropy).

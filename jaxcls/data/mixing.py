@@ -209,11 +209,31 @@ class Mixup:
     return mix(draw, images, targets, self.label_smoothing)
 
 
+# Fields of `config.mixup` that are the loop's, not Mixup's: when to stop mixing.
+SCHEDULE_FIELDS = ('off_epoch',)
+
+
+def from_config(mixup_config) -> Mixup:
+  """`config.mixup`'s Mixup, without label smoothing (the loss smooths, once)."""
+  fields = {k: v for k, v in mixup_config.to_dict().items() if k not in SCHEDULE_FIELDS}
+  return Mixup(label_smoothing=0.0, **fields)
+
+
+def mixup_at_epoch(mixup: Mixup, mixup_config, epoch: int) -> Mixup | None:
+  """The mixing of (0-based) `epoch`: `mixup`, or None from `config.mixup.off_epoch` on."""
+  off_epoch = mixup_config.get('off_epoch', 0)
+  if not mixup.enabled or (off_epoch and epoch >= off_epoch):
+    return None
+  return mixup
+
+
 def config_errors(mixup_config) -> list[str]:
   """What is wrong with `config.mixup` (Mixup's own rules; the loss holds the smoothing)."""
   p = ConfigProblems('mixup', mixup_config)
-  for field, why in field_problems(mixup_config.to_dict()):
+  fields = {k: v for k, v in mixup_config.to_dict().items() if k not in SCHEDULE_FIELDS}
+  for field, why in field_problems(fields):
     p.report(field, why)
+  p.check(mixup_config.off_epoch >= 0, 'off_epoch', 'must be >= 0 (0: mix in every epoch)')
   return p
 
 

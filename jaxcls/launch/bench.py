@@ -58,7 +58,7 @@ from jaxcls.config import default_config
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.data.sources import ImageFileSource
 from jaxcls.training.metrics import eval_metrics_class
-from jaxcls.data.mixing import Mixup
+from jaxcls.data import mixing
 from jaxcls.models import create_model
 from jaxcls.models.conv import LOWERINGS, set_conv_lowering
 from jaxcls.models.registry import accepts
@@ -180,7 +180,7 @@ def build(case: Case, config, num_classes: int):
     flops_graph = nnx.graphdef(model)
   del model
   state = jax.device_put(state, parallel.replicated(mesh))
-  mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())
+  mixup = mixing.from_config(config.mixup)
   steps = lambda graph: jit_steps(StepSpec(  # noqa: E731
       train_graph=graph, eval_graph=eval_graph, tx=tx,
       metrics_cls=eval_metrics_class(num_classes), mean=config.data.mean or (0.5,) * 3,

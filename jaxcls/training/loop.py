@@ -26,6 +26,7 @@ from absl import logging
 from clu import parameter_overview
 
 from jaxcls import data
+from jaxcls.data import mixing
 from jaxcls.data.mixing import Mixup
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.errors import ConfigError, ConfigProblems, either
@@ -71,7 +72,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *,
       # SIGTERM/SIGINT set `guard.requested`; the handlers are restored however the loop ends.
       with PreemptionGuard() as guard:
         for epoch in range(loop.start_epoch, config.train.num_epochs):
-          _enter_phase_of(run, loop, epoch)
+          _enter_epoch(run, loop, epoch)
           epoch_metrics = _train_epoch(run, loop, epoch, guard)
           if _end_epoch(run, loop, epoch, epoch_metrics):
             break
@@ -108,22 +109,23 @@ class Run:
   plan: finetune.FinetunePlan
   steps_per_epoch: int
   optimizer: Callable  # trainable groups -> the phase's optax transformation.
-  spec: Callable  # Phase -> its StepSpec.
+  spec: Callable  # (Phase, the epoch's Mixup or None) -> its StepSpec.
   batch_sharding: jax.sharding.Sharding
   plateau: ReduceLROnPlateau | None
   plateau_metric: str
   early_stopping: EarlyStopping | None
   stopping_metric: str
   loss_info: dict
-  mixup: Mixup
+  mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
   train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
 
 
 @dataclasses.dataclass
 class Loop:
-  """What changes as the run goes: the train state, its phase and steps, the history."""
+  """What changes as the run goes: the train state, its phase, mixing and steps, the history."""
   state: object
   phase: finetune.Phase
+  mixup: Mixup | None  # The current epoch's (None: no mixing).
   train_fn: Callable
   eval_fn: Callable
   history: list
@@ -175,7 +177,7 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
   optimizer = lambda trainable: optim.create_optimizer(  # noqa: E731
       config.optimizer, learning_rate_fn, labels, trainable, plan.lr_multipliers)
   loss_fn, loss_info = _loss_from_config(config, dataset)
-  mixup = Mixup(label_smoothing=0.0, **config.mixup.to_dict())  # Smoothing lives in the loss.
+  mixup = mixing.from_config(config.mixup)  # Smoothing lives in the loss.
   batch_sharding = parallel.batch_sharded(parallel.data_mesh())
   plateau, plateau_metric = _plateau_from_config(config)
   early_stopping, stopping_metric = _early_stopping_from_config(config)
@@ -239,18 +241,24 @@ def _log_model(config, parts: RunParts, workdir: Path) -> None:
 
 
 def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
-  """Phase -> the StepSpec of its jitted steps."""
+  """(Phase, Mixup or None) -> the StepSpec of its jitted steps.
+
+  The train metrics are named for mixing whenever the config mixes, also in the
+  epochs after `mixup.off_epoch` (an unmixed example's dominant label is its
+  label), so every epoch's train metrics have the same names.
+  """
   tasks = parts.tasks
   weights = None
   if parts.heads_per_task:
     weights = tuple(config.tasks.loss_weights) or (1.0,) * len(tasks.names)
   metrics_cls = eval_metrics_class(len(parts.class_names), tasks)
   train_metrics_cls = train_metrics_class(tasks, mixing=mixup.enabled)
-  return lambda phase: StepSpec(
+  return lambda phase, epoch_mixup: StepSpec(
       train_graph=phase.graphdef, eval_graph=parts.eval_graph, tx=phase.tx,
       metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
-      dtype=config.model.dtype, loss_fn=loss_fn, augment=config.data.augment, mixup=mixup,
-      trainable=phase.trainable, task_loss_weights=weights, train_metrics_cls=train_metrics_cls)
+      dtype=config.model.dtype, loss_fn=loss_fn, augment=config.data.augment, mixup=epoch_mixup,
+      trainable=phase.trainable, task_loss_weights=weights, train_metrics_cls=train_metrics_cls,
+      grad_accum_steps=config.train.grad_accum_steps)
 
 
 def _train_batches_factory(config, dataset, batch_sharding) -> Callable[[int, int], Iterator]:
@@ -301,17 +309,18 @@ def _start(run: Run) -> Loop:
   state, phase = finetune.enter_phase(state, trainable, plan=run.plan,
                                       group_patterns=parts.group_patterns,
                                       train_graph=parts.train_graph, optimizer=run.optimizer)
-  train_fn, eval_fn = jit_steps(run.spec(phase))
   step = int(state.step)
   start_epoch, start_in_epoch = divmod(step, run.steps_per_epoch)
+  epoch_mixup = mixing.mixup_at_epoch(run.mixup, config.mixup, start_epoch)
+  train_fn, eval_fn = jit_steps(run.spec(phase, epoch_mixup))
   stopped_early_at_epoch = None
   if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
     stopped_early_at_epoch, start_epoch = start_epoch, config.train.num_epochs
   preview_path = run.workdir / FIRST_BATCH_PNG
-  preview_fn = (jit_preview(augment_config=config.data.augment, mixup=run.mixup)
+  preview_fn = (jit_preview(augment_config=config.data.augment, mixup=epoch_mixup)
                 if run.is_main and jax.process_count() == 1 and not preview_path.exists()
                 else None)
-  return Loop(state=state, phase=phase, train_fn=train_fn, eval_fn=eval_fn, history=history,
+  return Loop(state=state, phase=phase, mixup=epoch_mixup, train_fn=train_fn, eval_fn=eval_fn, history=history,
               plateau_state=plateau_state, stopping_state=stopping_state, step=step,
               start_epoch=start_epoch, start_in_epoch=start_in_epoch,
               progress=ProgressReporter(run.steps_per_epoch * config.train.num_epochs,
@@ -332,17 +341,24 @@ def _check_resumable(run: Run, meta: dict) -> None:
         'use a new --workdir for a different batch size, epoch length or data set')
 
 
-def _enter_phase_of(run: Run, loop: Loop, epoch: int) -> None:
-  """Switches to the fine-tuning phase of `epoch` where it differs: re-jits once per phase."""
+def _enter_epoch(run: Run, loop: Loop, epoch: int) -> None:
+  """Switches to the fine-tuning phase and the mixing of `epoch` where they differ: re-jits
+  once per change."""
   trainable = run.plan.trainable_at(epoch)
-  if trainable == loop.phase.trainable.groups:
+  epoch_mixup = mixing.mixup_at_epoch(run.mixup, run.config.mixup, epoch)
+  if trainable == loop.phase.trainable.groups and epoch_mixup == loop.mixup:
     return
-  logging.info('epoch %d: training %s (frozen: %s)', epoch + 1, ', '.join(trainable),
-               ', '.join(run.plan.frozen_at(epoch)) or 'none')
-  loop.state, loop.phase = finetune.enter_phase(
-      loop.state, trainable, plan=run.plan, group_patterns=run.parts.group_patterns,
-      train_graph=run.parts.train_graph, optimizer=run.optimizer, previous=loop.phase)
-  loop.train_fn, loop.eval_fn = jit_steps(run.spec(loop.phase))
+  if trainable != loop.phase.trainable.groups:
+    logging.info('epoch %d: training %s (frozen: %s)', epoch + 1, ', '.join(trainable),
+                 ', '.join(run.plan.frozen_at(epoch)) or 'none')
+    loop.state, loop.phase = finetune.enter_phase(
+        loop.state, trainable, plan=run.plan, group_patterns=run.parts.group_patterns,
+        train_graph=run.parts.train_graph, optimizer=run.optimizer, previous=loop.phase)
+  if epoch_mixup != loop.mixup:
+    logging.info('epoch %d: Mixup/CutMix off from here on (mixup.off_epoch=%d)', epoch + 1,
+                 run.config.mixup.off_epoch)
+    loop.mixup = epoch_mixup
+  loop.train_fn, loop.eval_fn = jit_steps(run.spec(loop.phase, loop.mixup))
 
 
 def _train_epoch(run: Run, loop: Loop, epoch: int, guard: PreemptionGuard):
@@ -627,4 +643,12 @@ def config_errors(train_config: ml_collections.ConfigDict, device_count: int = 1
   p.check(c.log_every_steps >= 1, 'log_every_steps', 'must be >= 1')
   p.check(c.nonfinite in NONFINITE_POLICIES, 'nonfinite', f'expected {either(NONFINITE_POLICIES)}')
   p.check(0 < c.max_skipped_fraction <= 1, 'max_skipped_fraction', 'must be in (0, 1]')
+  p.check(c.grad_accum_steps >= 1, 'grad_accum_steps', 'must be >= 1 (1: off)')
+  if c.grad_accum_steps > 1:
+    micro = c.batch_size // c.grad_accum_steps
+    p.check(c.batch_size % c.grad_accum_steps == 0 and micro % 2 == 0
+            and micro % device_count == 0, 'grad_accum_steps',
+            f'batch_size={c.batch_size} must divide into grad_accum_steps micro-batches of '
+            f'an even size (Mixup pairs examples within one), each divisible by the device '
+            f'count ({device_count})')
   return p

@@ -10,6 +10,13 @@ optimizer here applies its learning rate last, so scaling its unit-rate
 update is the same update, and the groups' states stay independent of the
 schedule: a group unfrozen at epoch 6 starts fresh moments
 (`carry_over`) without restarting the schedule.
+
+Gradient clipping (`clip_grad_norm`, `adaptive_clip`) acts on the raw
+gradients of the trainable groups, before the groups' optimizers and their
+learning-rate multipliers, as timm clips before `optimizer.step()`. Both
+clippers are stateless, so they run inside the groups' transformation and the
+optimizer state has the same structure with clipping on or off: a run's
+checkpoints restore whichever way clipping is set.
 """
 
 from collections.abc import Mapping, Sequence
@@ -58,14 +65,34 @@ def decay_mask(params):
 
 def _group_optimizer(opt_config: ml_collections.ConfigDict,
                      learning_rate: float) -> optax.GradientTransformation:
-  if opt_config.name == 'sgd':
+  """One group's optimizer at `learning_rate` (its multiplier); weight decay on kernels only.
+
+  SGD and RMSprop add the decay to the gradient (L2, as PyTorch's); AdamW, LAMB
+  and Lion decay the weights decoupled from the moments (LAMB inside its trust
+  ratio). Each applies its learning rate last, or before a linear momentum
+  trace (RMSprop), so the schedule scaling the unit-rate update after it is the
+  same update.
+  """
+  o = opt_config
+  if o.name == 'sgd':
     return optax.chain(
-        optax.add_decayed_weights(opt_config.weight_decay, mask=decay_mask),
-        optax.sgd(learning_rate, momentum=opt_config.momentum or None,
-                  nesterov=opt_config.nesterov))
-  if opt_config.name == 'adamw':
-    return optax.adamw(learning_rate, b1=opt_config.b1, b2=opt_config.b2,
-                       weight_decay=opt_config.weight_decay, mask=decay_mask)
+        optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+        optax.sgd(learning_rate, momentum=o.momentum or None, nesterov=o.nesterov))
+  if o.name == 'adamw':
+    return optax.adamw(learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                       mask=decay_mask)
+  if o.name == 'lamb':
+    return optax.lamb(learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                      mask=decay_mask)
+  if o.name == 'lion':
+    return optax.lion(learning_rate, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                      mask=decay_mask)
+  if o.name == 'rmsprop':
+    # PyTorch's RMSprop (timm's 'rmsprop'): eps outside the square root, plain momentum.
+    return optax.chain(
+        optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+        optax.rmsprop(learning_rate, decay=o.rmsprop_decay, eps=1e-8, eps_in_sqrt=False,
+                      momentum=o.momentum or None))
   raise ValueError(f'config.optimizer.name={opt_config.name!r}: expected {either(OPTIMIZERS)}')
 
 
@@ -73,7 +100,8 @@ def create_optimizer(opt_config: ml_collections.ConfigDict, learning_rate_fn: op
                      labels=None, trainable: Sequence[str] | None = None,
                      lr_multipliers: Mapping[str, float] | None = None
                      ) -> optax.GradientTransformation:
-  """SGD or AdamW per parameter group, scaled by the schedule and the plateau scale.
+  """The configured optimizer per parameter group (SGD, AdamW, LAMB, Lion or RMSprop), after
+  any gradient clipping, scaled by the schedule and the plateau scale.
 
   Args:
     opt_config: `config.optimizer`.
@@ -93,8 +121,36 @@ def create_optimizer(opt_config: ml_collections.ConfigDict, learning_rate_fn: op
     groups = optax.multi_transform(
         {g: (_group_optimizer(opt_config, lr_multipliers.get(g, 1.0)) if g in trainable
              else optax.set_to_zero()) for g in names}, labels)
+  clip = gradient_clipping(opt_config)
+  if clip is not None:
+    if labels is not None:  # Frozen groups stay out of the global norm.
+      clip = optax.masked(clip, jax.tree.map(lambda group: group in trainable, labels))
+    groups = _clipped(clip, groups)
   return optax.chain(groups, optax.inject_hyperparams(_scale_by_learning_rate)(
       learning_rate=learning_rate_fn, plateau_scale=1.0))
+
+
+def gradient_clipping(opt_config: ml_collections.ConfigDict
+                      ) -> optax.GradientTransformation | None:
+  """`clip_grad_norm` (global norm) then `adaptive_clip` (unit-wise, Brock et al. 2021),
+  each where set (0: off); None when both are off."""
+  clippers = []
+  if opt_config.clip_grad_norm:
+    clippers.append(optax.clip_by_global_norm(opt_config.clip_grad_norm))
+  if opt_config.adaptive_clip:
+    clippers.append(optax.adaptive_grad_clip(opt_config.adaptive_clip))
+  return optax.chain(*clippers) if clippers else None
+
+
+def _clipped(clip: optax.GradientTransformation,
+             inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` fed the gradients `clip` (stateless) returns; the state is `inner`'s alone."""
+
+  def update(updates, state, params=None):
+    updates, _ = clip.update(updates, clip.init(params), params)
+    return inner.update(updates, state, params)
+
+  return optax.GradientTransformation(inner.init, update)
 
 
 def _scale_by_learning_rate(learning_rate, plateau_scale) -> optax.GradientTransformation:
@@ -135,7 +191,7 @@ def carry_over(new_state, old_state, keep: Sequence[str]):
   return (new_state[0]._replace(inner_states=inner), old_state[1])
 
 
-OPTIMIZERS = ('sgd', 'adamw')
+OPTIMIZERS = ('sgd', 'adamw', 'lamb', 'lion', 'rmsprop')
 SCHEDULES = ('cosine', 'step', 'constant')
 
 
@@ -152,4 +208,9 @@ def config_errors(opt_config: ml_collections.ConfigDict) -> list[str]:
   p.check(decay == sorted(decay) and all(e > o.warmup_epochs for e in decay), 'decay_epochs',
           'must be increasing and after the warm-up')
   p.check(o.decay_factor > 0, 'decay_factor', 'must be positive')
+  p.check(0 <= o.b1 < 1, 'b1', 'must be in [0, 1)')
+  p.check(0 <= o.b2 < 1, 'b2', 'must be in [0, 1)')
+  p.check(0 < o.rmsprop_decay < 1, 'rmsprop_decay', 'must be in (0, 1)')
+  p.check(o.clip_grad_norm >= 0, 'clip_grad_norm', 'must be >= 0 (0: off)')
+  p.check(o.adaptive_clip >= 0, 'adaptive_clip', 'must be >= 0 (0: off)')
   return p

@@ -96,6 +96,7 @@ class StepSpec:
   trainable: Trainable | None = None  # Which params train (`finetune.Trainable`); None: all.
   task_loss_weights: tuple[float, ...] | None = None  # A `MultiTaskHead`'s loss weights.
   train_metrics_cls: type[clu_metrics.Collection] | None = None  # None: `train_metrics_class`.
+  grad_accum_steps: int = 1  # Micro-batches per train step (`accumulated_grads`); 1: off.
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -105,6 +106,16 @@ class StepSpec:
     set_('mixup', _static_mixup(self.mixup))
     if self.train_metrics_cls is None:
       set_('train_metrics_cls', train_metrics_class(mixing=self.mixup is not None))
+    if self.grad_accum_steps < 1:
+      raise ValueError(f'StepSpec(grad_accum_steps={self.grad_accum_steps}): must be >= 1')
+
+  def check_batch_size(self, batch_size: int) -> None:
+    """Raises unless a batch of `batch_size` deals into `grad_accum_steps` micro-batches."""
+    k = self.grad_accum_steps
+    if k > 1 and batch_size % (2 * k):
+      raise ValueError(f'grad_accum_steps={k}: a batch of {batch_size} does not deal into {k} '
+                       'micro-batches of an even size (batch size a multiple of '
+                       f'{2 * k})')
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float],
@@ -177,19 +188,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
   with the same lambdas. A model with auxiliary classifiers in training
   (`Classifier.logits_and_aux`: GoogLeNet's) adds `model.aux_weight` times
   each one's loss, as the paper trains; the metrics' logits are the main head's.
+
+  With `spec.grad_accum_steps` k > 1 the gradient is the mean over k
+  micro-batches (`accumulated_grads`), still one optimizer update per step.
   """
+  spec.check_batch_size(batch['image'].shape[0])
   images, draw = augment_and_mix(state.rng, state.step, batch['image'], augment_config=spec.augment,
                                  mixup=spec.mixup)
   images = normalize(images, spec.mean, spec.std, jnp.dtype(spec.dtype))
   trainable, frozen = nnx.split_state(state.params, spec.trainable or nnx.Everything(), ...)
-
-  def loss_of(trainable):
-    model = nnx.merge(spec.train_graph, trainable, frozen, state.model_state, copy=True)
-    loss, logits, labels = _loss_and_logits(model, images, batch['label'], draw, spec)
-    return loss, (logits, labels, nnx.split(model, nnx.Param, ...)[2])
-
-  (loss, (logits, metric_labels, model_state)), grads = jax.value_and_grad(
-      loss_of, has_aux=True)(trainable)
+  (loss, (logits, metric_labels, model_state)), grads = accumulated_grads(
+      spec, trainable, frozen, state.model_state, images, batch['label'], draw)
   all_grads = nnx.merge_state(grads, jax.tree.map(jnp.zeros_like, frozen))
   updates, opt_state = spec.tx.update(all_grads, state.opt_state, state.params)
   updated = state.replace(params=optax.apply_updates(state.params, updates),
@@ -204,6 +213,77 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
       learning_rate=optim.learning_rate(opt_state),
       nonfinite_step=jnp.where(finite, NO_STEP, state.step + 1))
   return new_state, step_metrics
+
+
+def _loss_and_grads(spec: StepSpec, trainable, frozen, model_state, images, labels, draw):
+  """((mean loss, (logits, metric labels, model state after)), gradient) of one batch."""
+
+  def loss_of(trainable):
+    model = nnx.merge(spec.train_graph, trainable, frozen, model_state, copy=True)
+    loss, logits, metric_labels = _loss_and_logits(model, images, labels, draw, spec)
+    return loss, (logits, metric_labels, nnx.split(model, nnx.Param, ...)[2])
+
+  return jax.value_and_grad(loss_of, has_aux=True)(trainable)
+
+
+def accumulated_grads(spec: StepSpec, trainable, frozen, model_state, images, labels, draw):
+  """`_loss_and_grads` of the batch as `spec.grad_accum_steps` micro-batches, one at a time.
+
+  The batch, already augmented and its images mixed as a whole (so the draws
+  are those of the unsplit step), is dealt into k micro-batches of equal, even
+  size (`_deal`), each holding the Mixup partner (example B-1-i) of each of its
+  examples, so the targets mix within it as in the whole batch; a `lax.scan`
+  runs forward and backward on each micro-batch in turn, carrying
+  the model state and the sums of gradient and loss; only one micro-batch's
+  activations are alive at a time. Returns the mean loss and mean gradient, the
+  logits and labels back in batch order, and the model state after the last.
+
+  Semantics: each micro-batch's loss is its mean over its examples, and the
+  micro-batches are equal in size, so the mean of their gradients is the
+  gradient of the whole batch's mean loss whenever the forward pass of an
+  example does not depend on the others: BatchNorm frozen or using its running
+  statistics (a frozen group, feature extraction) or absent. That step equals
+  the unsplit one up to float summation order (tested at rtol 1e-5). BatchNorm
+  in training mode normalises each micro-batch by its own statistics and
+  updates the running averages once per micro-batch, in order (the model state
+  is threaded through the scan), as k forward passes in PyTorch's accumulation
+  do: not the unsplit batch's statistics, so not its step.
+  """
+  k = spec.grad_accum_steps
+  if k == 1:
+    return _loss_and_grads(spec, trainable, frozen, model_state, images, labels, draw)
+  micro_batches = jax.tree.map(lambda x: _deal(x, k), (images, labels, draw))
+
+  def accumulate(carry, micro_batch):
+    model_state, grad_sum, loss_sum = carry
+    (loss, (logits, metric_labels, model_state)), grads = _loss_and_grads(
+        spec, trainable, frozen, model_state, *micro_batch)
+    return ((model_state, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss),
+            (logits, metric_labels))
+
+  start = (model_state, jax.tree.map(jnp.zeros_like, trainable), jnp.zeros((), jnp.float32))
+  (model_state, grad_sum, loss_sum), (logits, metric_labels) = jax.lax.scan(
+      accumulate, start, micro_batches)
+  grads = jax.tree.map(lambda g: g / k, grad_sum)
+  return (loss_sum / k, (_undeal(logits), _undeal(metric_labels), model_state)), grads
+
+
+def _deal(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...]: micro-batch j holds the examples j, j + k, j + 2k, ... of
+  the first half, then their partners B-1-i in reverse order, so that flipping a
+  micro-batch (Mixup's pairing) pairs each example with the partner it has in the batch."""
+  half = x.shape[0] // 2
+  strided = lambda y: y.reshape(half // k, k, *y.shape[1:]).swapaxes(0, 1)  # noqa: E731
+  first, partners = strided(x[:half]), strided(jnp.flip(x, 0)[:half])
+  return jnp.concatenate([first, jnp.flip(partners, 1)], axis=1)
+
+
+def _undeal(x: jax.Array) -> jax.Array:
+  """The inverse of `_deal`: [k, B / k, ...] -> [B, ...] in batch order."""
+  n = x.shape[1] // 2
+  unstrided = lambda y: y.swapaxes(0, 1).reshape(-1, *y.shape[2:])  # noqa: E731
+  first, partners = unstrided(x[:, :n]), unstrided(jnp.flip(x[:, n:], 1))
+  return jnp.concatenate([first, jnp.flip(partners, 0)], axis=0)
 
 
 def _loss_and_logits(model, images, labels, draw, spec: StepSpec):

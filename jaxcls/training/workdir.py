@@ -40,7 +40,9 @@ FREE_FIELDS = ('evaluate.', 'train.log_every_steps', 'data.num_workers', 'data.n
 NEWER_FIELDS = ('data.interpolation', 'data.missing_test', 'model.head_zero_init',
                 'model.padding', 'model.batch_norm_epsilon', 'train.max_skipped_fraction',
                 'tracking.backends', 'tracking.run_name', 'tracking.mlflow_tracking_uri',
-                'tracking.mlflow_experiment', 'tracking.wandb_project', 'tracking.wandb_entity')
+                'tracking.mlflow_experiment', 'tracking.wandb_project', 'tracking.wandb_entity',
+                'optimizer.rmsprop_decay', 'optimizer.clip_grad_norm', 'optimizer.adaptive_clip',
+                'train.grad_accum_steps', 'mixup.off_epoch')
 
 
 def _flatten(tree, prefix=''):
