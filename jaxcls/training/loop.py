@@ -320,8 +320,8 @@ def _start(run: Run) -> Loop:
   preview_fn = (jit_preview(augment_config=config.data.augment, mixup=epoch_mixup)
                 if run.is_main and jax.process_count() == 1 and not preview_path.exists()
                 else None)
-  return Loop(state=state, phase=phase, mixup=epoch_mixup, train_fn=train_fn, eval_fn=eval_fn, history=history,
-              plateau_state=plateau_state, stopping_state=stopping_state, step=step,
+  return Loop(state=state, phase=phase, mixup=epoch_mixup, train_fn=train_fn, eval_fn=eval_fn,
+              history=history, plateau_state=plateau_state, stopping_state=stopping_state, step=step,
               start_epoch=start_epoch, start_in_epoch=start_in_epoch,
               progress=ProgressReporter(run.steps_per_epoch * config.train.num_epochs,
                                         run.writer, initial_step=step),

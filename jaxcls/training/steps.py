@@ -138,7 +138,8 @@ def augment_and_mix(rng: jax.Array, step: jax.Array, images: jax.Array, *,
   """
   step_key = jax.random.fold_in(rng, step)
   if augment_config is not None:
-    images = device_augment.augment_batch(jax.random.fold_in(step_key, AUGMENT_STREAM), images, augment_config)
+    images = device_augment.augment_batch(jax.random.fold_in(step_key, AUGMENT_STREAM), images,
+                                          augment_config)
   if mixup is None:
     return images, None
   draw = mixup.sample(jax.random.fold_in(step_key, MIX_STREAM), *images.shape[:3])
