@@ -9,7 +9,6 @@ config (jaxcls/configs), found wherever jaxcls is installed.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 from jaxcls.launch import summarize, sweep
