@@ -14,6 +14,8 @@ from jaxcls.launch import ablations
 COMMANDS = {
     'train': ('jaxcls.cli.train', 'train a config in a workdir, test it, write its report '
               '(= python -m jaxcls.main)'),
+    'lr-find': ('jaxcls.cli.lr_find', 'learning-rate range test of a config: a plot and a '
+                'suggested rate'),
     'evaluate': ('jaxcls.cli.evaluate', "a finished run's report again, on any split or step"),
     'predict': ('jaxcls.cli.predict', 'classify image files or folders with a trained run'),
     'explain': ('jaxcls.cli.explain', "Grad-CAM: where a trained run's model looks"),

@@ -22,8 +22,8 @@ def _jaxcls(*args, cwd, env=None, timeout=600):
 def test_help_lists_every_command_and_suite(tmp_path):
   out = _jaxcls('--help', cwd=tmp_path)
   assert out.returncode == 0, out.stderr
-  for command in ('train', 'evaluate', 'predict', 'explain', 'convert', 'sweep', 'summarize',
-                  'ablate', 'bench'):
+  for command in ('train', 'lr-find', 'evaluate', 'predict', 'explain', 'convert', 'sweep',
+                  'summarize', 'ablate', 'bench'):
     assert f'\n  {command} ' in out.stdout
   assert 'finetune_strategies' in out.stdout
   bad = _jaxcls('trian', cwd=tmp_path)

@@ -27,7 +27,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(jaxcls.__file__)) + os.sep
 _PROGRESS = os.path.join('clu', 'platform', 'local.py')
 
 
-class _QuietLibraries(logging.logging.Filter):
+class QuietLibraries(logging.logging.Filter):
   """The console of a run without --verbosity: jaxcls's own lines (devices, data, parameters,
   each epoch, the test), clu's periodic progress line and every warning; the libraries' INFO
   chatter (JAX's backend search, Orbax's saves, clu's echo of every metric written to
@@ -55,7 +55,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.get_absl_handler().addFilter(QuietLibraries())
   # Imported here so that `--help` and flag errors come back without loading JAX.
   # pylint: disable=g-import-not-at-top
   from jaxcls.errors import PRUNED_EXIT_STATUS, ConfigError, TrialPruned
@@ -102,7 +102,7 @@ def _config_argument(argv: list[str]) -> list[str]:
   return argv
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a mistyped `--config.FIELD=VALUE` told in one line naming the
   flag (ml_collections raises it as an AttributeError from deep inside its parser)."""
   argv = _config_argument(argv)
@@ -126,7 +126,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run():
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

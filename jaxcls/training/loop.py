@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from clu import parameter_overview
 
@@ -162,12 +163,59 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
     record_config_changes(workdir, latest or 0, differences)
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     logging.info('config: %s', workdir / 'config.json')
+  training = build_training(config, workdir)
+  plateau, plateau_metric = _plateau_from_config(config)
+  early_stopping, stopping_metric = _early_stopping_from_config(config)
+  return Run(config=config, workdir=workdir, is_main=is_main,
+             writer=tracking.create_writer(config, workdir, is_main_process=is_main),
+             checkpointer=checkpointer, dataset=training.dataset, parts=training.parts,
+             plan=training.plan, steps_per_epoch=training.steps_per_epoch,
+             optimizer=training.optimizer, spec=training.spec,
+             batch_sharding=training.batch_sharding, plateau=plateau,
+             plateau_metric=plateau_metric, early_stopping=early_stopping,
+             stopping_metric=stopping_metric, loss_info=training.loss_info, mixup=training.mixup,
+             train_batches=training.train_batches)
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What trains a config, whoever drives it: `fit`, or the learning-rate finder (`lr_find`)."""
+  dataset: data.Dataset
+  parts: RunParts
+  plan: finetune.FinetunePlan
+  steps_per_epoch: int
+  optimizer: Callable  # trainable groups -> the phase's optax transformation.
+  spec: Callable  # Phase -> its StepSpec.
+  batch_sharding: jax.sharding.Sharding
+  loss_info: dict
+  mixup: Mixup
+  train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
+
+  def first_phase(self, seed: int) -> tuple[object, finetune.Phase, Callable, Callable]:
+    """(step-0 train state, the plan's first phase, its jitted train and eval steps)."""
+    trainable = self.plan.trainable_at(0)
+    state = jax.device_put(
+        new_train_state(self.parts.params, self.parts.model_state, self.optimizer(trainable),
+                        seed), parallel.replicated(parallel.data_mesh()))
+    state, phase = finetune.enter_phase(state, trainable, plan=self.plan,
+                                        group_patterns=self.parts.group_patterns,
+                                        train_graph=self.parts.train_graph,
+                                        optimizer=self.optimizer)
+    return (state, phase, *jit_steps(self.spec(phase)))
+
+
+def build_training(config, workdir: Path,
+                   learning_rate_fn: optax.Schedule | None = None) -> Training:
+  """The data, model, fine-tuning plan, optimizer and steps of `config`; nothing trained, no
+  checkpoint. `learning_rate_fn` replaces the config's schedule (the finder's sweep) in the
+  same per-group optimizer: frozen groups, multipliers and weight decay as the run has them."""
   dataset = _load_data(config, workdir)
   parts = build_run(config, dataset.class_names)
   _log_model(config, parts, workdir)
   steps_per_epoch = _steps_per_epoch(config, dataset)
-  learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch,
-                                                  config.train.num_epochs)
+  if learning_rate_fn is None:
+    learning_rate_fn = optim.learning_rate_schedule(config.optimizer, steps_per_epoch,
+                                                    config.train.num_epochs)
   plan = finetune.plan_from_config(config.finetune, parts.groups, config.train.num_epochs,
                                    parts.tied_groups)
   logging.info('parameter groups: %s; fine-tuning %s: %s', ', '.join(plan.groups),
@@ -179,17 +227,10 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
   loss_fn, loss_info = _loss_from_config(config, dataset)
   mixup = mixing.from_config(config.mixup)  # Smoothing lives in the loss.
   batch_sharding = parallel.batch_sharded(parallel.data_mesh())
-  plateau, plateau_metric = _plateau_from_config(config)
-  early_stopping, stopping_metric = _early_stopping_from_config(config)
-  return Run(config=config, workdir=workdir, is_main=is_main,
-             writer=tracking.create_writer(config, workdir, is_main_process=is_main),
-             checkpointer=checkpointer, dataset=dataset, parts=parts, plan=plan,
-             steps_per_epoch=steps_per_epoch, optimizer=optimizer,
-             spec=_step_spec_factory(config, parts, loss_fn, mixup),
-             batch_sharding=batch_sharding, plateau=plateau, plateau_metric=plateau_metric,
-             early_stopping=early_stopping, stopping_metric=stopping_metric,
-             loss_info=loss_info, mixup=mixup,
-             train_batches=_train_batches_factory(config, dataset, batch_sharding))
+  return Training(dataset=dataset, parts=parts, plan=plan, steps_per_epoch=steps_per_epoch,
+                  optimizer=optimizer, spec=_step_spec_factory(config, parts, loss_fn, mixup),
+                  batch_sharding=batch_sharding, loss_info=loss_info, mixup=mixup,
+                  train_batches=_train_batches_factory(config, dataset, batch_sharding))
 
 
 def _load_data(config, workdir: Path) -> data.Dataset:

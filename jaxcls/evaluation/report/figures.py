@@ -152,3 +152,33 @@ def misclassified_figure(images: np.ndarray, true_names: Sequence[str],
   figure.suptitle((f'{title}: ' if title else '') + 'most confident mistakes', fontsize=13)
   figure.tight_layout()
   return figure
+
+
+def lr_find_figure(learning_rates: Sequence[float], losses: Sequence[float],
+                   smoothed_losses: Sequence[float], suggestion: float, rule: str,
+                   minimum_rate: float | None = None):
+  """The learning-rate range test: raw and smoothed loss against the rate (log axis), the
+  suggested rate marked, and the rate of the smallest smoothed loss dotted."""
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  axes.plot(learning_rates, losses, color='tab:blue', alpha=0.3, linewidth=1, label='loss')
+  axes.plot(learning_rates, smoothed_losses, color='tab:blue', linewidth=2,
+            label='smoothed loss (centred)')
+  axes.set_xscale('log')
+  axes.set_xlabel('learning rate')
+  axes.set_ylabel('train loss')
+  # The diverging tail would flatten everything else: up to a little above the first losses.
+  top = max(smoothed_losses[0], np.max(smoothed_losses[:max(len(smoothed_losses) // 2, 1)]))
+  low = min(min(losses), min(smoothed_losses))
+  axes.set_ylim(low - 0.05 * (top - low), top + 0.6 * (top - low) + 1e-6)
+  at = np.interp(np.log(suggestion), np.log(learning_rates), smoothed_losses)
+  axes.axvline(suggestion, color='tab:red', linestyle='--', linewidth=1)
+  axes.plot([suggestion], [at], 'o', color='tab:red',
+            label=f'suggestion {suggestion:.2g} ({rule})')
+  if minimum_rate is not None:
+    axes.axvline(minimum_rate, color='gray', linestyle=':', linewidth=1,
+                 label=f'smallest smoothed loss at {minimum_rate:.2g}')
+  axes.grid(True, alpha=0.3)
+  axes.legend(loc='upper left')
+  axes.set_title('learning-rate range test')
+  figure.tight_layout()
+  return figure
