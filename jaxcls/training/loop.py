@@ -185,10 +185,10 @@ class Training:
   plan: finetune.FinetunePlan
   steps_per_epoch: int
   optimizer: Callable  # trainable groups -> the phase's optax transformation.
-  spec: Callable  # Phase -> its StepSpec.
+  spec: Callable  # (Phase, the epoch's Mixup or None) -> its StepSpec.
   batch_sharding: jax.sharding.Sharding
   loss_info: dict
-  mixup: Mixup
+  mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
   train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
 
   def first_phase(self, seed: int) -> tuple[object, finetune.Phase, Callable, Callable]:
@@ -201,7 +201,9 @@ class Training:
                                         group_patterns=self.parts.group_patterns,
                                         train_graph=self.parts.train_graph,
                                         optimizer=self.optimizer)
-    return (state, phase, *jit_steps(self.spec(phase)))
+    # The first epoch mixes whenever the config does (mixup.off_epoch is 0 or >= 1).
+    epoch_mixup = self.mixup if self.mixup.enabled else None
+    return (state, phase, *jit_steps(self.spec(phase, epoch_mixup)))
 
 
 def build_training(config, workdir: Path,
