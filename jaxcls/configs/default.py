@@ -325,6 +325,23 @@ def get_config() -> ml_collections.ConfigDict:
   train.grad_accum_steps = 1
   # Global batch size for validation and test (0: same as `batch_size`).
   train.eval_batch_size = 0
+  # An exponential moving average of the weights (timm's --model-ema): after
+  # each step, ema = decay * ema + (1 - decay) * weights, BatchNorm's running
+  # statistics averaged alike; kept in the train state and the checkpoints and
+  # validated after each epoch beside the trained weights (0: off; 0.999 to
+  # 0.9999 for runs of thousands of steps).
+  train.ema_decay = 0.0
+  # Ramp the decay up as timm does (1 - (1 + step)^(-2/3), at most
+  # `ema_decay`), so the average of a short run follows its weights rather than
+  # staying at the pretrained ones.
+  train.ema_warmup = True
+  # Which weights an epoch's checkpoint stands for, and so which are tested,
+  # reopened (evaluate, predict, explain) and exported: 'better': the better of
+  # the two by checkpoint.best_metric on validation, epoch by epoch; 'ema' or
+  # 'raw': always those. The epoch's `val` metrics (checkpoint choice, plateau,
+  # early stopping, sweeps) are the chosen weights'; results.json keeps both
+  # (`val_raw`, `val_ema`).
+  train.ema_select = 'better'
   # Label smoothing of the training loss's targets (0: off); applied once, in
   # the loss, also under Mixup/CutMix (smoothing and mixing commute).
   train.label_smoothing = 0.0

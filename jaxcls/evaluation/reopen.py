@@ -4,8 +4,8 @@ Evaluation, prediction and explanation tools start from a workdir, not from a
 config: `load_run` reads the resolved config the run wrote (`config.json`),
 builds the run's parts as training did (`training.setup.build_run`, abstract:
 nothing allocated, no pretrained weights read) and restores a checkpoint's
-parameters and model state into them (the best by default); the optimizer
-state stays on disk.
+parameters and model state into them (the best by default; its EMA weights
+where the checkpoint stands for them); the optimizer state stays on disk.
 """
 
 import dataclasses
@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from jaxcls.training.checkpointing import Checkpointer, CheckpointRestoreError
+from jaxcls.training.checkpointing import Checkpointer, CheckpointRestoreError, checkpoint_weights
 from jaxcls.training.setup import build_run
 from jaxcls.training.steps import normalize
 
@@ -33,6 +33,9 @@ class Run:
   step: int
   epoch: int
   model: nnx.Module  # In eval mode: BatchNorm uses its running statistics.
+  # 'ema': the checkpoint stands for its weights' moving average (train.ema_select), which
+  # `model` holds; 'raw': the trained weights.
+  weights: str = 'raw'
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """uint8 [batch, S, S, 3] images (already resized) -> float32 logits, on the device."""
@@ -58,8 +61,9 @@ def load_run(workdir: str | Path, step: int | str = 'best') -> Run:
   def restore(at: int):
     meta = checkpointer.restore_meta(at)
     parts = build_run(config, meta['class_names'], abstract=True)
-    return meta, parts, checkpointer.restore_model(at, _on_host(parts.params),
-                                                   _on_host(parts.model_state))
+    return meta, parts, checkpointer.restore_model(
+        at, _on_host(parts.params), _on_host(parts.model_state),
+        ema=checkpoint_weights(meta) == 'ema')
 
   try:
     found = _restore_step(checkpointer, step, restore)
@@ -70,7 +74,7 @@ def load_run(workdir: str | Path, step: int | str = 'best') -> Run:
   step, (meta, parts, (params, model_state)) = found
   model = nnx.merge(parts.eval_graph, params, model_state)
   return Run(workdir=workdir, config=config, class_names=parts.class_names, step=int(step),
-             epoch=int(meta['epoch']), model=model)
+             epoch=int(meta['epoch']), model=model, weights=checkpoint_weights(meta))
 
 
 def _restore_step(checkpointer: Checkpointer, step: int | str, restore):

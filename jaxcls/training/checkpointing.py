@@ -132,14 +132,18 @@ class Checkpointer:
         state=_restore_args(like), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
-  def restore_model(self, step: int, params, model_state):
+  def restore_model(self, step: int, params, model_state, *, ema: bool = False):
     """(params, model state) of `step` alone, shaped and placed like the given trees (arrays
     or abstract ones with a sharding): the optimizer state on disk is not read, so testing the
-    best checkpoint or reopening a run needs no optimizer."""
+    best checkpoint or reopening a run needs no optimizer. `ema`: the weights' moving
+    average (`TrainState.ema`) instead of the trained weights."""
     like = {'params': params, 'model_state': model_state}
+    if ema:
+      like = {'ema': like}
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=_restore_args(like, partial=True)))
-    return restored.state['params'], restored.state['model_state']
+    model = restored.state['ema'] if ema else restored.state
+    return model['params'], model['model_state']
 
   def restore_meta(self, step: int) -> dict:
     """The JSON saved beside the state at `step`, without reading any arrays."""
@@ -153,6 +157,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def checkpoint_weights(meta: dict) -> str:
+  """'ema' when a checkpoint stands for its weights' moving average (a run with
+  train.ema_decay whose `train.ema_select` chose it that epoch), else 'raw'."""
+  return meta.get('weights', 'raw')
 
 
 def _restore_args(like, partial: bool = False) -> ocp.args.PyTreeRestore:

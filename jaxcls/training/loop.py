@@ -32,7 +32,7 @@ from jaxcls.data.mixing import Mixup
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.errors import ConfigError, ConfigProblems, either
 from jaxcls.training import finetune, losses, optim, parallel, results, tracking
-from jaxcls.training.checkpointing import Checkpointer, CheckpointSaveError
+from jaxcls.training.checkpointing import Checkpointer, CheckpointSaveError, checkpoint_weights
 from jaxcls.training.metrics import (NONFINITE, SKIPPED, eval_metrics_class, train_accuracy,
                                      train_metrics_class)
 from jaxcls.training.plateau import EarlyStopping, EarlyStoppingState, PlateauState, ReduceLROnPlateau
@@ -41,7 +41,8 @@ from jaxcls.training.preview import FIRST_BATCH_PNG, write_first_batch
 from jaxcls.training.profiling import StepTrace
 from jaxcls.training.progress import ProgressReporter
 from jaxcls.training.setup import RunParts, build_run
-from jaxcls.training.steps import NO_STEP, StepSpec, jit_preview, jit_steps, new_train_state
+from jaxcls.training.steps import (NO_STEP, StepSpec, ema_view, jit_preview, jit_steps,
+                                   new_train_state)
 from jaxcls.training.workdir import WorkdirLock, check_config as check_workdir_config
 from jaxcls.training.workdir import record_changes as record_config_changes
 
@@ -51,7 +52,9 @@ class NonFiniteError(RuntimeError):
 
 
 NONFINITE_POLICIES = ('stop', 'skip')  # config.train.nonfinite: raise NonFiniteError, or skip.
-PARAMETERS_FILE = 'parameters.txt'  # The model's parameter table, written at the start.
+PARAMETERS_FILE = 'parameters.txt'
+# config.train.ema_select: which weights (trained or averaged) an epoch's checkpoint stands for.
+EMA_SELECT = ('better', 'ema', 'raw')  # The model's parameter table, written at the start.
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *,
@@ -301,7 +304,8 @@ def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
       metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
       dtype=config.model.dtype, loss_fn=loss_fn, augment=config.data.augment, mixup=epoch_mixup,
       trainable=phase.trainable, task_loss_weights=weights, train_metrics_cls=train_metrics_cls,
-      grad_accum_steps=config.train.grad_accum_steps)
+      grad_accum_steps=config.train.grad_accum_steps, ema_decay=config.train.ema_decay,
+      ema_warmup=config.train.ema_warmup)
 
 
 def _train_batches_factory(config, dataset, batch_sharding) -> Callable[[int, int], Iterator]:
@@ -324,7 +328,8 @@ def _start(run: Run) -> Loop:
 
   def fresh_state(trainable):
     return jax.device_put(new_train_state(parts.params, parts.model_state,
-                                          run.optimizer(trainable), config.seed), replicated)
+                                          run.optimizer(trainable), config.seed,
+                                          ema=config.train.ema_decay > 0), replicated)
 
   def restore(step):
     # The optimizer state has the shape of the saved phase's optimizer.
@@ -475,13 +480,13 @@ def _end_epoch(run: Run, loop: Loop, epoch: int, epoch_metrics) -> bool:
   """Validation, ReduceLROnPlateau, the epoch's checkpoint; True when early stopping stops."""
   config = run.config
   with loop.progress.timed('eval'):
-    val_metrics = evaluate(loop.eval_fn, loop.state, run.dataset.val, config, run.batch_sharding)
+    val_metrics, averaged = _validate(run, loop)
   train_summary = {k: float(v) for k, v in _finite_or_stop(
       epoch_metrics.compute(), config, run.checkpointer).items()}
   _trained_or_stop(run, loop, epoch, train_summary, val_metrics)
   train_summary[SKIPPED] = int(train_summary[SKIPPED])
   entry = dict(epoch=epoch + 1, step=loop.step, train=train_summary, val=val_metrics,
-               seconds=time.monotonic() - loop.epoch_started)
+               **averaged, seconds=time.monotonic() - loop.epoch_started)
   if run.plateau is not None:
     _update_plateau(run, loop, epoch, val_metrics[run.plateau_metric])
     entry['lr_scale'] = loop.plateau_state.scale
@@ -490,13 +495,18 @@ def _end_epoch(run: Run, loop: Loop, epoch: int, epoch_metrics) -> bool:
                                                     val_metrics[run.stopping_metric])
   run.writer.write_scalars(loop.step, {
       **_prefixed('val', val_metrics), 'epoch': epoch + 1,
+      **{k: v for name in ('val_raw', 'val_ema') if name in averaged
+         for k, v in _prefixed(name, averaged[name]).items()},
       **({'lr_scale': loop.plateau_state.scale} if run.plateau else {})})
   loop.history.append(entry)
-  logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f',
+  trained = averaged.get('val_raw', val_metrics)  # The trained weights'; then the EMA's.
+  logging.info('epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s',
                epoch + 1, config.train.num_epochs, train_summary['loss'],
-               train_accuracy(train_summary), val_metrics['loss'], val_metrics['accuracy'])
+               train_accuracy(train_summary), trained['loss'], trained['accuracy'],
+               _ema_summary(averaged))
   with loop.progress.timed('checkpoint'):
-    run.checkpointer.save(loop.state, meta=_meta(run, loop, epoch + 1), metrics=val_metrics)
+    meta = dict(_meta(run, loop, epoch + 1), **_weights_meta(averaged))
+    run.checkpointer.save(loop.state, meta=meta, metrics=val_metrics)
   # After the save: a sweep's pruner stops the run here (TrialPruned), its epoch kept.
   run.writer.flush()
   stopping = loop.stopping_state
@@ -508,6 +518,38 @@ def _end_epoch(run: Run, loop: Loop, epoch: int, epoch_metrics) -> bool:
                run.early_stopping.min_delta, run.early_stopping.patience, stopping.best,
                stopping.best_epoch)
   return True
+
+
+def _validate(run: Run, loop: Loop) -> tuple[dict[str, float], dict]:
+  """(the epoch's validation metrics, {} or, with an EMA, {'val_raw', 'val_ema', 'weights'}).
+
+  With an EMA both the trained and the averaged weights are validated, and the
+  epoch's metrics are those of the weights `train.ema_select` picks ('better':
+  by checkpoint.best_metric and best_mode), which its checkpoint then stands for.
+  """
+  config = run.config
+  raw = evaluate(loop.eval_fn, loop.state, run.dataset.val, config, run.batch_sharding)
+  if loop.state.ema is None:
+    return raw, {}
+  ema = evaluate(loop.eval_fn, ema_view(loop.state), run.dataset.val, config, run.batch_sharding)
+  weights = config.train.ema_select
+  if weights == 'better':
+    metric, higher = config.checkpoint.best_metric, config.checkpoint.best_mode == 'max'
+    ema_better = ema[metric] > raw[metric] if higher else ema[metric] < raw[metric]
+    weights = 'ema' if ema_better else 'raw'
+  return (ema if weights == 'ema' else raw), dict(val_raw=raw, val_ema=ema, weights=weights)
+
+
+def _ema_summary(averaged: dict) -> str:
+  if not averaged:
+    return ''
+  return (f' | ema val loss {averaged["val_ema"]["loss"]:.4f} acc '
+          f'{averaged["val_ema"]["accuracy"]:.4f} ({averaged["weights"]} kept)')
+
+
+def _weights_meta(averaged: dict) -> dict:
+  """What a checkpoint says of the weights it stands for (`checkpoint_weights`)."""
+  return {'weights': averaged['weights']} if averaged else {}
 
 
 def _update_plateau(run: Run, loop: Loop, epoch: int, value: float) -> None:
@@ -533,10 +575,12 @@ def _meta(run: Run, loop: Loop, epochs_done: int) -> dict:
 
 
 def _test_best_checkpoint(run: Run, loop: Loop) -> tuple[dict[str, float], int]:
-  """Test metrics of the best checkpoint by validation (its params and model state), its step."""
+  """Test metrics of the best checkpoint by validation (its params and model state, or its
+  EMA's where the checkpoint stands for them), its step."""
   best_step = run.checkpointer.best_step()
-  params, model_state = run.checkpointer.restore_model(best_step, loop.state.params,
-                                                       loop.state.model_state)
+  params, model_state = run.checkpointer.restore_model(
+      best_step, loop.state.params, loop.state.model_state,
+      ema=checkpoint_weights(run.checkpointer.restore_meta(best_step)) == 'ema')
   test_metrics = evaluate(loop.eval_fn, loop.state.replace(params=params, model_state=model_state),
                           run.dataset.test, run.config, run.batch_sharding)
   return test_metrics, best_step
@@ -687,6 +731,8 @@ def config_errors(train_config: ml_collections.ConfigDict, device_count: int = 1
   p.check(c.nonfinite in NONFINITE_POLICIES, 'nonfinite', f'expected {either(NONFINITE_POLICIES)}')
   p.check(0 < c.max_skipped_fraction <= 1, 'max_skipped_fraction', 'must be in (0, 1]')
   p.check(c.grad_accum_steps >= 1, 'grad_accum_steps', 'must be >= 1 (1: off)')
+  p.check(0 <= c.ema_decay < 1, 'ema_decay', 'must be in [0, 1) (0: off)')
+  p.check(c.ema_select in EMA_SELECT, 'ema_select', f'expected one of {", ".join(EMA_SELECT)}')
   if c.grad_accum_steps > 1:
     micro = c.batch_size // c.grad_accum_steps
     p.check(c.batch_size % c.grad_accum_steps == 0 and micro % 2 == 0

@@ -24,8 +24,10 @@ def write(run, loop, test_metrics: dict[str, float], best_step: int, *,
   """Logs the test result, writes results.json (main process) and closes the writer."""
   config, dataset, plan, parts = run.config, run.dataset, run.plan, run.parts
   best_epoch = next(h for h in loop.history if h['step'] == best_step)
-  logging.info('test (best checkpoint, epoch %d by val %s): %s', best_epoch['epoch'],
-               config.checkpoint.best_metric, test_metrics)
+  weights = best_epoch.get('weights', 'raw')  # With an EMA: which weights were tested.
+  logging.info('test (best checkpoint, epoch %d by val %s%s): %s', best_epoch['epoch'],
+               config.checkpoint.best_metric, ', its EMA weights' if weights == 'ema' else '',
+               test_metrics)
   run.writer.write_scalars(loop.step, {f'test_{k}': float(v) for k, v in test_metrics.items()})
   run.writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                             if isinstance(v, (bool, int, float, str))})
@@ -34,7 +36,7 @@ def write(run, loop, test_metrics: dict[str, float], best_step: int, *,
   tasks = parts.tasks
   results = dict(
       test=test_metrics, best_val=best_epoch['val'], best_epoch=best_epoch['epoch'],
-      best_step=best_step, history=loop.history, class_names=list(dataset.class_names),
+      best_step=best_step, weights=weights, history=loop.history, class_names=list(dataset.class_names),
       stopped_early_at_epoch=loop.stopped_early_at_epoch,
       plateau=None if run.plateau is None else dict(metric=run.plateau_metric,
                                                     **loop.plateau_state.to_dict()),

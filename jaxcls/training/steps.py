@@ -39,6 +39,9 @@ class TrainState:
   opt_state: Any
   # Raw uint32 key for on-device randomness; folded with the step each step.
   rng: jax.Array
+  # The exponential moving average of the weights (`train.ema_decay` > 0): {'params',
+  # 'model_state'}, BatchNorm's running statistics averaged alike (`update_ema`); None: off.
+  ema: Any = None
 
 
 # `fold_in` constants of the step key: one stream per use, so switching one on
@@ -62,10 +65,51 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.Stat
 
 
 def new_train_state(params: nnx.State, model_state: nnx.State,
-                    tx: optax.GradientTransformation, seed: int) -> TrainState:
-  """Step 0 of training `params` with `tx`."""
+                    tx: optax.GradientTransformation, seed: int, *,
+                    ema: bool = False) -> TrainState:
+  """Step 0 of training `params` with `tx`; with `ema`, an average starting at them."""
+  average = None
+  if ema:  # Copies: the train step donates the state, and no buffer may be donated twice.
+    average = jax.tree.map(jnp.array, {'params': params, 'model_state': model_state})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                    opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+                    opt_state=tx.init(params), rng=jax.random.PRNGKey(seed), ema=average)
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+  """The EMA's decay for the update that follows `step` updates (0-based).
+
+  With `warmup`, timm's (`ModelEmaV3`): 1 - (1 + step)^(-2/3), capped at `decay`:
+  0 at the first update (the average starts at the first trained weights, not at
+  the initial ones), 0.37 at the second, 0.9 after 31 updates, 0.99 after 1000,
+  so a short fine-tuning run's average follows its weights instead of staying near
+  the pretrained ones. Without it, `decay` from the first update on.
+  """
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  ramp = 1.0 - (1.0 + step.astype(jnp.float32)) ** (-2.0 / 3.0)
+  return jnp.minimum(ramp, decay)
+
+
+def update_ema(ema: dict, params: nnx.State, model_state: nnx.State, decay: jax.Array) -> dict:
+  """decay * ema + (1 - decay) * new, for the parameters and the floating model state.
+
+  BatchNorm's running mean and variance are averaged with the weights, as timm's
+  ModelEma averages a module's buffers: the statistics then belong to averaged
+  weights of the same period. Integer state (counters, RNG keys) is taken as it is.
+  """
+  def average(old, new):
+    if not jnp.issubdtype(new.dtype, jnp.floating):
+      return new
+    return (decay * old.astype(jnp.float32)
+            + (1.0 - decay) * new.astype(jnp.float32)).astype(new.dtype)
+
+  return jax.tree.map(average, ema, {'params': params, 'model_state': model_state})
+
+
+def ema_view(state: TrainState) -> TrainState:
+  """`state` with the EMA's parameters and model state in place of the trained ones (for
+  evaluating them with the same eval step)."""
+  return state.replace(params=state.ema['params'], model_state=state.ema['model_state'])
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation,
@@ -97,6 +141,8 @@ class StepSpec:
   task_loss_weights: tuple[float, ...] | None = None  # A `MultiTaskHead`'s loss weights.
   train_metrics_cls: type[clu_metrics.Collection] | None = None  # None: `train_metrics_class`.
   grad_accum_steps: int = 1  # Micro-batches per train step (`accumulated_grads`); 1: off.
+  ema_decay: float = 0.0  # The weights' EMA (`update_ema`) where the state holds one.
+  ema_warmup: bool = True  # `ema_decay_at`.
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -192,6 +238,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
 
   With `spec.grad_accum_steps` k > 1 the gradient is the mean over k
   micro-batches (`accumulated_grads`), still one optimizer update per step.
+
+  A state with an EMA (`new_train_state(ema=True)`) updates it from the new
+  weights (`update_ema`); a skipped (non-finite) step leaves it as it was.
   """
   spec.check_batch_size(batch['image'].shape[0])
   images, draw = augment_and_mix(state.rng, state.step, batch['image'], augment_config=spec.augment,
@@ -204,6 +253,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
   updates, opt_state = spec.tx.update(all_grads, state.opt_state, state.params)
   updated = state.replace(params=optax.apply_updates(state.params, updates),
                           model_state=model_state, opt_state=opt_state)
+  if state.ema is not None:
+    updated = updated.replace(ema=update_ema(
+        state.ema, updated.params, model_state,
+        ema_decay_at(state.step, spec.ema_decay, spec.ema_warmup)))
   # A non-finite loss or gradient never reaches the state: the step leaves it
   # as it was (the loop stops or skips on `nonfinite_step`).
   finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
