@@ -51,7 +51,7 @@ def main(argv):
   out = FLAGS.out or os.path.join(FLAGS.workdir, 'report', 'gradcam.png')
   plot_gradcam(kept, images, cams, probabilities, run.class_names, out, FLAGS.class_index,
                note=coarse_map_note(run.model, images.shape[1]))
-  print(f'Grad-CAM of {len(kept)} images (checkpoint step {run.step}) -> {out}')
+  print(f'Grad-CAM of {len(kept)} images ({run.describe()}) -> {out}')
 
 
 if __name__ == '__main__':

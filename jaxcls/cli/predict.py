@@ -40,7 +40,7 @@ def main(argv):
   if readable:
     print(format_table(readable))
     write_csv(readable, out)
-    print(f'{len(readable)} images (checkpoint step {run.step}, epoch {run.epoch}) -> {out}')
+    print(f'{len(readable)} images ({run.describe()}) -> {out}')
   if unreadable:
     print(f'skipped {len(unreadable)} unreadable file(s):', file=sys.stderr)
     for p in unreadable:

@@ -284,7 +284,7 @@ def _predictions(workdirs, run_dirs, runs, source, settings):
   names = _display_names(workdirs)
   plain, augmented, labels = {}, {}, None
   for workdir, run in zip(run_dirs, runs):
-    name = f'step {run.step} (epoch {run.epoch})'
+    name = f'step {run.step} (epoch {run.epoch}{", EMA" if run.weights == "ema" else ""})'
     if len(workdirs) > 1:
       name = f'{names[workdir]}: {name}'
     plain[name], labels = predict(run, source)

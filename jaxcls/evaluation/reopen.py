@@ -37,6 +37,11 @@ class Run:
   # `model` holds; 'raw': the trained weights.
   weights: str = 'raw'
 
+  def describe(self) -> str:
+    """'checkpoint step S, epoch E' (', EMA weights' where the checkpoint stands for them)."""
+    return (f'checkpoint step {self.step}, epoch {self.epoch}'
+            + (', EMA weights' if self.weights == 'ema' else ''))
+
   def logits(self, images: np.ndarray) -> np.ndarray:
     """uint8 [batch, S, S, 3] images (already resized) -> float32 logits, on the device."""
     return np.asarray(_forward(self.model, jnp.asarray(images), tuple(self.config.data.mean),
