@@ -31,6 +31,7 @@ import datetime
 import importlib
 import itertools
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -242,6 +243,8 @@ def export_onnx(serve, image_size: int, out: Path) -> Callable[[np.ndarray], np.
   """Writes `out` (.onnx); returns its ONNX Runtime session as images -> logits."""
   install = '"jaxcls[export]" (jax2onnx, onnxruntime)'
   jax2onnx = _import('jax2onnx', 'onnx', install)
+  # Its plugins for libraries jaxcls does not use (dm_pix) warn with tracebacks on a newer JAX.
+  logging.getLogger('jax2onnx').setLevel(logging.ERROR)
   ort = _import('onnxruntime', 'onnx', install)
   batch, = jax.export.symbolic_shape('N')
   spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8)
