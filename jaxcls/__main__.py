@@ -19,6 +19,8 @@ COMMANDS = {
     'evaluate': ('jaxcls.cli.evaluate', "a finished run's report again, on any split or step"),
     'predict': ('jaxcls.cli.predict', 'classify image files or folders with a trained run'),
     'explain': ('jaxcls.cli.explain', "Grad-CAM: where a trained run's model looks"),
+    'export': ('jaxcls.cli.export', "a trained run as ONNX, a TF SavedModel or TFLite, checked "
+               'against JAX'),
     'convert': ('jaxcls.cli.convert', 'PyTorch/timm weights -> a jaxcls checkpoint'),
     'models': ('jaxcls.cli.models', 'the architectures and the pretrained tags'),
     'check-pretrained': ('jaxcls.cli.check_pretrained',
