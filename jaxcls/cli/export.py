@@ -48,7 +48,7 @@ def main(argv):
   except (exporting.ExportError, FileExistsError, IsADirectoryError) as e:
     sys.exit(f'jaxcls export: {e}')
   p = result.parity
-  print(f'{fmt}: {result.path} (checkpoint step {run.step}, epoch {run.epoch})')
+  print(f"{fmt}: {result.path} ({run.describe()})")
   print(f'parity on {p.images} images: max abs diff {p.max_abs_diff:.3g}, max rel diff '
         f'{p.max_rel_diff:.3g} (max |logit| {p.max_abs_logit:.3g}, tolerance '
         f'{exporting.TOLERANCE:g}); same top-1 on {p.same_top1}/{p.images}')

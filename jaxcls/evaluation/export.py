@@ -383,7 +383,7 @@ def export(run, fmt: str, out: str | Path | None = None, images: Sequence[str] =
       'model': {'name': run.config.model.name, 'trained_dtype': run.config.model.dtype,
                 'exported_dtype': 'float32'},
       'source': {'workdir': str(Path(run.workdir).resolve()), 'step': int(run.step),
-                 'epoch': int(run.epoch)},
+                 'epoch': int(run.epoch), 'weights': run.weights},
       'parity': {**dataclasses.asdict(parity), 'tolerance': TOLERANCE, 'ok': parity.ok,
                  'images_from': source,
                  'reference': 'the JAX forward of the same checkpoint (float32, jitted)'},
