@@ -81,3 +81,15 @@ def test_a_start_rate_not_below_the_end_rate_ends_in_one_line_naming_it(tmp_path
   assert out.stderr.strip().splitlines()[-1] == (
       'jaxcls lr-find: --end_lr=0.1: must be larger than start_lr=1')
   assert 'Traceback' not in out.stderr and not (tmp_path / 'run').exists()
+
+
+def test_a_short_sweep_is_smoothed_less_so_its_average_follows_the_loss():
+  from jaxcls.training.lr_find import centred, default_smoothing  # pylint: disable=g-import-not-at-top
+  assert default_smoothing(200) == default_smoothing(1000) == 0.95
+  assert default_smoothing(60) < 0.9 and default_smoothing(10) == 0.0
+  # A loss that drops from 1 to 0 halfway through 60 steps: the average at the ends keeps
+  # within 0.1 of the loss with the short sweep's smoothing, not with 0.95.
+  losses = [1.0] * 30 + [0.0] * 30
+  short = centred(losses, default_smoothing(60))
+  assert abs(short[0] - 1) < 0.1 and abs(short[-1]) < 0.1
+  assert abs(centred(losses, 0.95)[-1]) > 0.1

@@ -37,8 +37,9 @@ def _define_flags():
   flags.DEFINE_integer('num_steps', 200, 'Steps of the sweep (it stops earlier on divergence).')
   flags.DEFINE_float('divergence', 4.0, 'Stop once the running average of the loss exceeds '
                      'this many times its best.')
-  flags.DEFINE_float('smoothing', 0.95, 'Weight of the past in the exponential moving '
-                     'average of the loss.')
+  flags.DEFINE_float('smoothing', None, 'Weight of the past in the exponential moving '
+                     'average of the loss (default: 0.95 for 200 steps or more, less for a '
+                     'shorter sweep, so the average spans about a tenth of it).')
   flags.DEFINE_enum('rule', 'steepest', ['steepest', 'minimum'], 'How the suggestion is '
                     'chosen: steepest descent of the smoothed loss before its minimum, or the '
                     "minimum's rate / 10.")

@@ -121,12 +121,22 @@ def suggest(learning_rates, smoothed_losses) -> dict[str, float]:
   return suggestions
 
 
+def default_smoothing(num_steps: int) -> float:
+  """0.95 (fastai's and Lightning's 0.98 is for a running average of 100 steps) from 200
+  steps on; for a shorter sweep 1 - 10 / num_steps, so that the centred average spans about
+  a tenth of the sweep rather than washing it out (60 steps: 0.83)."""
+  return float(min(0.95, max(0.0, 1 - 10 / num_steps)))
+
+
 def range_test(config: ml_collections.ConfigDict, workdir, *, start_lr: float = 1e-7,
                end_lr: float = 10.0, num_steps: int = 200, divergence: float = 4.0,
-               smoothing: float = 0.95, rule: str = 'steepest') -> RangeTest:
+               smoothing: float | None = None, rule: str = 'steepest') -> RangeTest:
   """Sweeps the learning rate over `num_steps` train steps of `config` (validated and
   resolved: `jaxcls.experiment.find_learning_rate`); `workdir` gets the data's splits.json
-  and the parameter table, as a run's would, and no checkpoint."""
+  and the parameter table, as a run's would, and no checkpoint. `smoothing` None:
+  `default_smoothing(num_steps)`."""
+  if smoothing is None:
+    smoothing = default_smoothing(num_steps)
   problems = argument_errors(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
                              divergence=divergence, smoothing=smoothing, rule=rule)
   if problems:
