@@ -45,7 +45,7 @@ class RangeTestError(ValueError):
 
 
 def argument_errors(*, start_lr: float, end_lr: float, num_steps: int, divergence: float,
-                    smoothing: float, rule: str) -> list[str]:
+                    smoothing: float | None, rule: str) -> list[str]:
   """What is wrong with the range test's arguments, each message naming the value."""
   problems = []
   if not start_lr > 0:
@@ -56,7 +56,7 @@ def argument_errors(*, start_lr: float, end_lr: float, num_steps: int, divergenc
     problems.append(f'num_steps={num_steps}: must be >= 2')
   if not divergence > 1:
     problems.append(f'divergence={divergence:g}: must be > 1 (a multiple of the best loss)')
-  if not 0 <= smoothing < 1:
+  if smoothing is not None and not 0 <= smoothing < 1:  # None: `default_smoothing`.
     problems.append(f'smoothing={smoothing:g}: must be in [0, 1)')
   if rule not in RULES:
     problems.append(f'rule={rule!r}: expected one of {", ".join(RULES)}')
