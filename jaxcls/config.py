@@ -17,7 +17,8 @@ from jaxcls.errors import ConfigError, ConfigProblems
 from jaxcls.models import registry
 from jaxcls.pretrained import store
 from jaxcls.pretrained.checkpoint_files import CheckpointFileError
-from jaxcls.training import checkpointing, finetune, loop, losses, optim, plateau, tracking
+from jaxcls.training import (checkpointing, feature_cache, finetune, loop, losses, optim, plateau,
+                             tracking)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / 'configs' / 'default.py'  # In the package.
 
@@ -174,6 +175,7 @@ def value_errors(c: ml_collections.ConfigDict, device_count: int = 1) -> list[st
       *pipeline.config_errors(c.data), *device_augment.config_errors(c.data.augment),
       *registry.config_errors(c.model),
       *finetune.config_errors(c.finetune, c.model, c.train.num_epochs),
+      *feature_cache.config_errors(c.finetune),
       *label_tasks.config_errors(c.tasks), *optim.config_errors(c.optimizer),
       *loop.config_errors(c.train, device_count), *mixing.config_errors(c.mixup),
       *losses.config_errors(c.loss, c.tasks), *plateau.config_errors(c.plateau),

@@ -252,6 +252,14 @@ def get_config() -> ml_collections.ConfigDict:
   # ...and/or layer-wise decay: the head at the full rate, each group before it
   # at `layer_decay` times the next one's (e.g. 0.7; 0: off).
   finetune.layer_decay = 0.0
+  # Feature extraction on cached features: where only the head trains and no random
+  # augmentation or mixing comes before the backbone, its pooled features are a pure function
+  # of the image, so each split's are computed once (eval mode, kept in memory and in
+  # WORKDIR/feature_cache/, keyed by the weights, preprocessing, model and split) and the head
+  # trains on them: the same model, batches and checkpoints, without the backbone's forward
+  # pass per step. 'auto': whenever that holds (the log says which path and why); 'on': an
+  # error when it does not; 'off': never.
+  finetune.cache_features = 'auto'
 
   # --------------------------------------------------------------- tasks ---
   # Several labels per image, encoded in the class names: with names ('mask',

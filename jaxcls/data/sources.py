@@ -7,6 +7,7 @@ so the decoding runs in Grain's threads and worker processes, not at load.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -398,6 +399,35 @@ def _duplicates_across_splits(dataset: Dataset, checks, root) -> list[dict]:
                            split: os.path.relpath(path, root)})
       first_seen.setdefault(digest, (split, path))
   return duplicates
+
+
+def examples_digest(source) -> str:
+  """A sha256 of which examples `source` holds, in order, and their labels: what a cache of
+  per-example results (`jaxcls.training.feature_cache`) is keyed by. Files count by path,
+  size and modification time, arrays by their bytes, a TFDS split by its data set, split and
+  indices; any other source by every example's pixels and label."""
+  digest = hashlib.sha256()
+  if isinstance(source, ImageFileSource):
+    for path in source.paths:
+      stat = os.stat(path)
+      digest.update(f'{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+  elif isinstance(source, ArraySource):
+    digest.update(np.ascontiguousarray(source.images).tobytes())
+  elif isinstance(source, TfdsSource):
+    info = getattr(source._data_source, 'dataset_info', None)  # pylint: disable=protected-access
+    digest.update(f'{getattr(info, "full_name", info)}\0'
+                  f'{getattr(source._data_source, "split", "")}\0{len(source)}'.encode())  # pylint: disable=protected-access
+    if source._indices is not None:  # pylint: disable=protected-access
+      digest.update(np.asarray(source._indices, np.int64).tobytes())  # pylint: disable=protected-access
+  else:
+    for i in range(len(source)):
+      example = source[i]
+      digest.update(np.ascontiguousarray(example['image']).tobytes())
+      digest.update(np.int64(example['label']).tobytes())
+  labels = getattr(source, 'labels', None)
+  if labels is not None:
+    digest.update(np.asarray(labels, np.int64).tobytes())
+  return digest.hexdigest()
 
 
 def split_summary(dataset: Dataset) -> dict:

@@ -31,7 +31,7 @@ from jaxcls.data import mixing
 from jaxcls.data.mixing import Mixup
 from jaxcls.data.on_device import DeviceTrainSet
 from jaxcls.errors import ConfigError, ConfigProblems, either
-from jaxcls.training import finetune, losses, optim, parallel, results, tracking
+from jaxcls.training import feature_cache, finetune, losses, optim, parallel, results, tracking
 from jaxcls.training.checkpointing import Checkpointer, CheckpointSaveError, checkpoint_weights
 from jaxcls.training.metrics import (NONFINITE, SKIPPED, eval_metrics_class, train_accuracy,
                                      train_metrics_class)
@@ -122,6 +122,9 @@ class Run:
   loss_info: dict
   mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
   train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
+  eval_batches: Callable[[str], Iterator]  # split name -> its padded device batches.
+  feature_cache: feature_cache.FeatureCache | None  # None: the full forward pass every step.
+  feature_cache_reason: str
 
 
 @dataclasses.dataclass
@@ -177,7 +180,9 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
              batch_sharding=training.batch_sharding, plateau=plateau,
              plateau_metric=plateau_metric, early_stopping=early_stopping,
              stopping_metric=stopping_metric, loss_info=training.loss_info, mixup=training.mixup,
-             train_batches=training.train_batches)
+             train_batches=training.train_batches, eval_batches=training.eval_batches,
+             feature_cache=training.feature_cache,
+             feature_cache_reason=training.feature_cache_reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +198,10 @@ class Training:
   loss_info: dict
   mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
   train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
+  eval_batches: Callable[[str], Iterator]  # split name -> its padded device batches.
+  # Feature extraction on cached features (`feature_cache.from_config`), or None; why.
+  feature_cache: feature_cache.FeatureCache | None
+  feature_cache_reason: str
 
   def first_phase(self, seed: int) -> tuple[object, finetune.Phase, Callable, Callable]:
     """(step-0 train state, the plan's first phase, its jitted train and eval steps)."""
@@ -232,10 +241,16 @@ def build_training(config, workdir: Path,
   loss_fn, loss_info = _loss_from_config(config, dataset)
   mixup = mixing.from_config(config.mixup)  # Smoothing lives in the loss.
   batch_sharding = parallel.batch_sharded(parallel.data_mesh())
+  cache, cache_reason = feature_cache.from_config(config, workdir, dataset, parts, plan,
+                                                  mixup.enabled, batch_sharding)
   return Training(dataset=dataset, parts=parts, plan=plan, steps_per_epoch=steps_per_epoch,
-                  optimizer=optimizer, spec=_step_spec_factory(config, parts, loss_fn, mixup),
+                  optimizer=optimizer,
+                  spec=_step_spec_factory(config, parts, loss_fn, mixup,
+                                          on_features=cache is not None),
                   batch_sharding=batch_sharding, loss_info=loss_info, mixup=mixup,
-                  train_batches=_train_batches_factory(config, dataset, batch_sharding))
+                  train_batches=_train_batches_factory(config, dataset, batch_sharding, cache),
+                  eval_batches=_eval_batches_factory(config, dataset, batch_sharding, cache),
+                  feature_cache=cache, feature_cache_reason=cache_reason)
 
 
 def _load_data(config, workdir: Path) -> data.Dataset:
@@ -286,8 +301,10 @@ def _log_model(config, parts: RunParts, workdir: Path) -> None:
   logging.debug('parameters of %s:\n%s', config.model.name, table)
 
 
-def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
-  """(Phase, Mixup or None) -> the StepSpec of its jitted steps.
+def _step_spec_factory(config, parts: RunParts, loss_fn, mixup, *,
+                       on_features: bool = False) -> Callable:
+  """(Phase, Mixup or None) -> the StepSpec of its jitted steps; `on_features`: the head-only
+  steps on cached features (`feature_cache`).
 
   The train metrics are named for mixing whenever the config mixes, also in the
   epochs after `mixup.off_epoch` (an unmixed example's dominant label is its
@@ -305,11 +322,16 @@ def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
       dtype=config.model.dtype, loss_fn=loss_fn, augment=config.data.augment, mixup=epoch_mixup,
       trainable=phase.trainable, task_loss_weights=weights, train_metrics_cls=train_metrics_cls,
       grad_accum_steps=config.train.grad_accum_steps, ema_decay=config.train.ema_decay,
-      ema_warmup=config.train.ema_warmup)
+      ema_warmup=config.train.ema_warmup, on_features=on_features)
 
 
-def _train_batches_factory(config, dataset, batch_sharding) -> Callable[[int, int], Iterator]:
+def _train_batches_factory(config, dataset, batch_sharding,
+                           cache: feature_cache.FeatureCache | None
+                           ) -> Callable[[int, int], Iterator]:
   batch_size = config.train.batch_size
+  if cache is not None:
+    return lambda epoch, start: parallel.prefetch_to_device(
+        cache.train_batches(epoch, start), batch_sharding, config.data.prefetch)
   if config.data.on_device:
     device_set = DeviceTrainSet(dataset.train, config.data, batch_sharding, seed=config.seed)
     return lambda epoch, start: device_set.batches(global_batch_size=batch_size, epoch=epoch,
@@ -318,6 +340,19 @@ def _train_batches_factory(config, dataset, batch_sharding) -> Callable[[int, in
       data.train_batches(dataset.train, config.data, global_batch_size=batch_size,
                          seed=config.seed, epoch=epoch, start_step=start,
                          process_index=jax.process_index(), process_count=jax.process_count()),
+      batch_sharding, config.data.prefetch)
+
+
+def _eval_batches_factory(config, dataset, batch_sharding,
+                          cache: feature_cache.FeatureCache | None) -> Callable[[str], Iterator]:
+  """split name -> its padded batches on the devices (of images, or of cached features)."""
+  if cache is not None:
+    return lambda split: parallel.prefetch_to_device(cache.eval_batches(split), batch_sharding,
+                                                     config.data.prefetch)
+  return lambda split: parallel.prefetch_to_device(data.eval_batches(
+      getattr(dataset, split), config.data,
+      global_batch_size=config.train.eval_batch_size or config.train.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count()),
       batch_sharding, config.data.prefetch)
 
 
@@ -367,7 +402,7 @@ def _start(run: Run) -> Loop:
   preview_path = run.workdir / FIRST_BATCH_PNG
   preview_fn = (jit_preview(augment_config=config.data.augment, mixup=epoch_mixup)
                 if run.is_main and jax.process_count() == 1 and not preview_path.exists()
-                else None)
+                and run.feature_cache is None else None)  # Cached features: no images to show.
   return Loop(state=state, phase=phase, mixup=epoch_mixup, train_fn=train_fn, eval_fn=eval_fn,
               history=history, plateau_state=plateau_state, stopping_state=stopping_state, step=step,
               start_epoch=start_epoch, start_in_epoch=start_in_epoch,
@@ -528,10 +563,10 @@ def _validate(run: Run, loop: Loop) -> tuple[dict[str, float], dict]:
   by checkpoint.best_metric and best_mode), which its checkpoint then stands for.
   """
   config = run.config
-  raw = evaluate(loop.eval_fn, loop.state, run.dataset.val, config, run.batch_sharding)
+  raw = evaluate(loop.eval_fn, loop.state, run.eval_batches('val'))
   if loop.state.ema is None:
     return raw, {}
-  ema = evaluate(loop.eval_fn, ema_view(loop.state), run.dataset.val, config, run.batch_sharding)
+  ema = evaluate(loop.eval_fn, ema_view(loop.state), run.eval_batches('val'))
   weights = config.train.ema_select
   if weights == 'better':
     metric, higher = config.checkpoint.best_metric, config.checkpoint.best_mode == 'max'
@@ -582,18 +617,15 @@ def _test_best_checkpoint(run: Run, loop: Loop) -> tuple[dict[str, float], int]:
       best_step, loop.state.params, loop.state.model_state,
       ema=checkpoint_weights(run.checkpointer.restore_meta(best_step)) == 'ema')
   test_metrics = evaluate(loop.eval_fn, loop.state.replace(params=params, model_state=model_state),
-                          run.dataset.test, run.config, run.batch_sharding)
+                          run.eval_batches('test'))
   return test_metrics, best_step
 
 
-def evaluate(eval_fn, state, source, config: ml_collections.ConfigDict,
-             sharding: jax.sharding.Sharding) -> dict[str, float]:
-  """Metrics of `state` on a whole split, the padding of the last batch masked out."""
-  batches = data.eval_batches(
-      source, config.data, global_batch_size=config.train.eval_batch_size or config.train.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+def evaluate(eval_fn, state, batches: Iterator) -> dict[str, float]:
+  """Metrics of `state` on a whole split's device batches (`Run.eval_batches`), the padding
+  of the last batch masked out."""
   total = None
-  for batch in parallel.prefetch_to_device(batches, sharding, config.data.prefetch):
+  for batch in batches:
     batch_metrics = eval_fn(state, batch)
     total = batch_metrics if total is None else total.merge(batch_metrics)
   return {k: float(v) for k, v in total.compute().items()}

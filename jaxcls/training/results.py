@@ -47,7 +47,9 @@ def write(run, loop, test_metrics: dict[str, float], best_step: int, *,
       test_is_val=dataset.test is dataset.val,
       finetune=dict(strategy=config.finetune.strategy, groups=list(plan.groups),
                     phases=[dict(epoch=e, trainable=list(t)) for e, t in plan.phases],
-                    lr_multipliers=dict(plan.lr_multipliers)),
+                    lr_multipliers=dict(plan.lr_multipliers),
+                    cached_features=dict(used=run.feature_cache is not None,
+                                         reason=run.feature_cache_reason)),
       tasks=None if tasks is None else dict(
           mode=config.tasks.mode, names=list(tasks.names), values=[list(v) for v in tasks.values]),
       devices=dict(count=jax.device_count(), kind=jax.devices()[0].device_kind,
@@ -84,6 +86,7 @@ def _timings(run, loop, total_seconds: float) -> dict:
   if timed_steps:
     rate = loop.images_seen / max(loop.train_seconds - (loop.first_step_seconds or 0), 1e-9)
   return dict(total_seconds=total_seconds, train_seconds=loop.train_seconds,
+              feature_cache_seconds=run.feature_cache.seconds if run.feature_cache else None,
               first_step_seconds=loop.first_step_seconds, train_images_per_second=rate)
 
 

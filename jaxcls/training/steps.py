@@ -143,6 +143,9 @@ class StepSpec:
   grad_accum_steps: int = 1  # Micro-batches per train step (`accumulated_grads`); 1: off.
   ema_decay: float = 0.0  # The weights' EMA (`update_ema`) where the state holds one.
   ema_warmup: bool = True  # `ema_decay_at`.
+  # The batches hold the frozen backbone's pooled features (batch['features'], cached by
+  # `feature_cache`), not images: `jit_steps` gives `head_train_step` and `head_eval_step`.
+  on_features: bool = False
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -154,6 +157,9 @@ class StepSpec:
       set_('train_metrics_cls', train_metrics_class(mixing=self.mixup is not None))
     if self.grad_accum_steps < 1:
       raise ValueError(f'StepSpec(grad_accum_steps={self.grad_accum_steps}): must be >= 1')
+    if self.on_features and (self.augment is not None or self.mixup is not None):
+      raise ValueError('StepSpec(on_features=True): pooled features cannot be augmented or '
+                       'mixed like images; such runs take the full forward pass')
 
   def check_batch_size(self, batch_size: int) -> None:
     """Raises unless a batch of `batch_size` deals into `grad_accum_steps` micro-batches."""
@@ -199,14 +205,14 @@ def task_targets(head: nnx.Module, labels: jax.Array) -> dict[str, jax.Array]:
           for t, name in enumerate(head.task_names)}
 
 
-def multitask_loss(model: nnx.Module, images: jax.Array, targets: dict[str, jax.Array],
+def multitask_loss(model: nnx.Module, features: jax.Array, targets: dict[str, jax.Array],
                    weights: Sequence[float], loss_fn: LossFn) -> tuple[jax.Array, jax.Array]:
   """(sum_t w_t * mean loss of task t, joint class scores) for a `MultiTaskHead`.
 
-  `targets` holds each task's soft targets (`task_targets`, mixed or not).
+  `features` are the model's pooled features of the batch; `targets` holds each
+  task's soft targets (`task_targets`, mixed or not).
   """
   head = get_submodule(model, model.head_name)
-  features = model.features(images)
   task_logits = head.task_logits(features)
   loss = sum(w * loss_fn(task_logits[name].astype(jnp.float32), targets[name]).mean()
              for name, w in zip(head.task_names, weights))
@@ -246,9 +252,29 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
   images, draw = augment_and_mix(state.rng, state.step, batch['image'], augment_config=spec.augment,
                                  mixup=spec.mixup)
   images = normalize(images, spec.mean, spec.std, jnp.dtype(spec.dtype))
+  return _update(state, spec, images, batch['label'], draw)
+
+
+def head_train_step(state: TrainState, batch: dict[str, jax.Array], spec: StepSpec
+                    ) -> tuple[TrainState, clu_metrics.Collection]:
+  """`train_step` on the frozen backbone's pooled features (`batch['features']`).
+
+  Valid only where the features are a pure function of the image (feature
+  extraction without random augmentation or mixing, `feature_cache.decide`):
+  then `model.classify(features)` is the step's forward pass, and the update,
+  loss, EMA and metrics are `train_step`'s, on the same full train state, so
+  its checkpoints are those of an uncached run.
+  """
+  spec.check_batch_size(batch['features'].shape[0])
+  return _update(state, spec, batch['features'], batch['label'], None)
+
+
+def _update(state: TrainState, spec: StepSpec, inputs: jax.Array, labels: jax.Array,
+            draw: MixParams | None) -> tuple[TrainState, clu_metrics.Collection]:
+  """The optimizer step of `train_step` on normalised images (or `spec.on_features`: features)."""
   trainable, frozen = nnx.split_state(state.params, spec.trainable or nnx.Everything(), ...)
   (loss, (logits, metric_labels, model_state)), grads = accumulated_grads(
-      spec, trainable, frozen, state.model_state, images, batch['label'], draw)
+      spec, trainable, frozen, state.model_state, inputs, labels, draw)
   all_grads = nnx.merge_state(grads, jax.tree.map(jnp.zeros_like, frozen))
   updates, opt_state = spec.tx.update(all_grads, state.opt_state, state.params)
   updated = state.replace(params=optax.apply_updates(state.params, updates),
@@ -350,11 +376,16 @@ def _undeal(x: jax.Array) -> jax.Array:
   return jnp.concatenate([first, jnp.flip(partners, 0)], axis=0)
 
 
-def _loss_and_logits(model, images, labels, draw, spec: StepSpec):
-  """(mean loss, float32 logits, labels for the metrics) of one batch, targets mixed by `draw`."""
+def _loss_and_logits(model, inputs, labels, draw, spec: StepSpec):
+  """(mean loss, float32 logits, labels for the metrics) of one batch, targets mixed by `draw`.
+
+  `inputs`: normalised images, or with `spec.on_features` the pooled features.
+  """
   if spec.task_loss_weights is None:
-    # Auxiliary classifiers (GoogLeNet's) give logits only while they train.
-    logits, aux_logits = model.logits_and_aux(images)
+    # Auxiliary classifiers (GoogLeNet's) give logits only while they train (never on
+    # cached features: `feature_cache` caches only where none trains).
+    logits, aux_logits = ((model.classify(inputs), ()) if spec.on_features
+                          else model.logits_and_aux(inputs))
     logits = logits.astype(jnp.float32)
     targets = {'class': jax.nn.one_hot(labels, logits.shape[-1])}
   else:
@@ -369,7 +400,8 @@ def _loss_and_logits(model, images, labels, draw, spec: StepSpec):
     for aux in aux_logits:  # The same targets, mixed alike, weighted by the model's aux weight.
       loss += model.aux_weight * spec.loss_fn(aux.astype(jnp.float32), targets['class']).mean()
   else:
-    loss, logits = multitask_loss(model, images, targets['tasks'], spec.task_loss_weights,
+    features = inputs if spec.on_features else model.features(inputs)
+    loss, logits = multitask_loss(model, features, targets['tasks'], spec.task_loss_weights,
                                   spec.loss_fn)
   return loss, logits, dominant['class']
 
@@ -384,6 +416,17 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array],
   model = nnx.merge(spec.eval_graph, state.params, state.model_state)
   logits = model(normalize(batch['image'], spec.mean, spec.std,
                            jnp.dtype(spec.dtype))).astype(jnp.float32)
+  return _eval_metrics(spec, logits, batch)
+
+
+def head_eval_step(state: TrainState, batch: dict[str, jax.Array],
+                   spec: StepSpec) -> clu_metrics.Collection:
+  """`eval_step` on the pooled features (`batch['features']`, computed in eval mode)."""
+  model = nnx.merge(spec.eval_graph, state.params, state.model_state)
+  return _eval_metrics(spec, model.classify(batch['features']).astype(jnp.float32), batch)
+
+
+def _eval_metrics(spec: StepSpec, logits: jax.Array, batch) -> clu_metrics.Collection:
   loss = losses.cross_entropy(logits, jax.nn.one_hot(batch['label'], logits.shape[-1]))
   return spec.metrics_cls.single_from_model_output(
       loss=loss, logits=logits, labels=batch['label'], mask=batch['mask'])
@@ -405,8 +448,10 @@ def _static_mixup(mixup: Mixup | None) -> Mixup | None:
 
 def jit_steps(spec: StepSpec) -> tuple[Callable, Callable]:
   """(train step, eval step) of `spec`, jitted; the train state's buffers are donated."""
-  train = jax.jit(lambda state, batch: train_step(state, batch, spec), donate_argnums=0)
-  evaluate = jax.jit(lambda state, batch: eval_step(state, batch, spec))
+  train_fn, eval_fn = ((head_train_step, head_eval_step) if spec.on_features
+                       else (train_step, eval_step))
+  train = jax.jit(lambda state, batch: train_fn(state, batch, spec), donate_argnums=0)
+  evaluate = jax.jit(lambda state, batch: eval_fn(state, batch, spec))
   return train, evaluate
 
 

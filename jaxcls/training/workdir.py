@@ -31,10 +31,11 @@ from jaxcls.errors import ConfigError
 CONFIG_FILE = 'config.json'
 # May differ between the runs of one workdir: they do not change the trained model
 # (model.conv_lowering changes how a convolution is computed, not which one; it is also absent
-# from the workdirs of runs older than the field).
+# from the workdirs of runs older than the field; so does finetune.cache_features: cached
+# features train the same model).
 FREE_FIELDS = ('evaluate.', 'train.log_every_steps', 'data.num_workers', 'data.num_threads',
                'data.prefetch', 'data.data_dir', 'data.download', 'model.conv_lowering',
-               'tracking.')
+               'finetune.cache_features', 'tracking.')
 # Fields newer than some workdirs: compared only where the saved config has them, so a run
 # saved before them still resumes (its data and model came from their old behaviour).
 NEWER_FIELDS = ('data.interpolation', 'data.missing_test', 'model.head_zero_init',
