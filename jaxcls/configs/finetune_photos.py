@@ -26,10 +26,13 @@ ROWS = {
     'full': {},
     # The last two groups before the head (stage7, conv_head), and the head.
     'partial': {'finetune.strategy': 'partial', 'finetune.trainable_groups': 2},
-    # A linear probe: the frozen backbone's pooled features -> a new Linear.
-    'feature_extraction': {'finetune.strategy': 'feature_extraction'},
+    # A linear probe: the frozen backbone's pooled features -> a new Linear. Without the
+    # default 2-pixel random crop the features are a function of the image alone, so they
+    # are computed once and cached (finetune.cache_features='auto').
+    'feature_extraction': {'finetune.strategy': 'feature_extraction',
+                           'data.augment.random_crop_padding': 0},
     'mlp_probe': {'finetune.strategy': 'feature_extraction', 'model.head': 'mlp',
-                  'model.head_hidden': 256},
+                  'model.head_hidden': 256, 'data.augment.random_crop_padding': 0},
     # The head first, then one more group from the output side every epoch.
     'gradual': {'finetune.strategy': 'gradual', 'finetune.unfreeze_every': 1},
     # Everything trains; each group 0.7 times as fast as the one after it.
