@@ -365,6 +365,8 @@ def export(run, fmt: str, out: str | Path | None = None, images: Sequence[str] =
   meta = {
       'format': fmt,
       'model_file': out.name,
+      # A large ONNX model keeps its weights in a file beside it, which must travel with it.
+      'weights_files': sorted(p.name for p in out.parent.glob(f'{out.name}.data')) or None,
       'class_names': list(run.class_names),
       'input': {'name': INPUT_NAME, 'dtype': 'uint8', 'layout': 'NHWC',
                 'shape': [None, image_size, image_size, 3], 'channels': 'RGB',
