@@ -16,10 +16,10 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from jaxcls.cli.train import QuietLibraries, parse_flags
+from jaxcls.cli.train import begin, parse_flags
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PROGRAM = 'jaxcls lr-find'
@@ -47,10 +47,7 @@ def _define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.get_absl_handler().addFilter(QuietLibraries())
+  begin(argv)
   # pylint: disable=g-import-not-at-top
   from jaxcls.errors import ConfigError
   from jaxcls.experiment import LR_FIND_JSON, LR_FIND_PNG, find_learning_rate

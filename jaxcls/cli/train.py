@@ -51,11 +51,17 @@ def _define_flags():
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
+def begin(argv) -> None:
+  """What a program that builds a run from --config does first: refuse positional arguments,
+  and keep the console quiet (`QuietLibraries`) unless --verbosity is given."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.get_absl_handler().addFilter(QuietLibraries())
+
+
+def main(argv):
+  begin(argv)
   # Imported here so that `--help` and flag errors come back without loading JAX.
   # pylint: disable=g-import-not-at-top
   from jaxcls.errors import PRUNED_EXIT_STATUS, ConfigError, TrialPruned

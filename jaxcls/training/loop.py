@@ -101,13 +101,8 @@ def _finish_saves_before_raising(run) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-  """What stays fixed for the whole run."""
-  config: ml_collections.ConfigDict
-  workdir: Path
-  is_main: bool
-  writer: object
-  checkpointer: Checkpointer
+class Training:
+  """What trains a config, whoever drives it: `fit`, or the learning-rate finder (`lr_find`)."""
   dataset: data.Dataset
   parts: RunParts
   plan: finetune.FinetunePlan
@@ -115,16 +110,41 @@ class Run:
   optimizer: Callable  # trainable groups -> the phase's optax transformation.
   spec: Callable  # (Phase, the epoch's Mixup or None) -> its StepSpec.
   batch_sharding: jax.sharding.Sharding
-  plateau: ReduceLROnPlateau | None
-  plateau_metric: str
-  early_stopping: EarlyStopping | None
-  stopping_metric: str
   loss_info: dict
   mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
   train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
   eval_batches: Callable[[str], Iterator]  # split name -> its padded device batches.
-  feature_cache: feature_cache.FeatureCache | None  # None: the full forward pass every step.
+  # Feature extraction on cached features (`feature_cache.from_config`), or None; why.
+  feature_cache: feature_cache.FeatureCache | None
   feature_cache_reason: str
+
+  def first_phase(self, seed: int) -> tuple[object, finetune.Phase, Callable, Callable]:
+    """(step-0 train state, the plan's first phase, its jitted train and eval steps)."""
+    trainable = self.plan.trainable_at(0)
+    state = jax.device_put(
+        new_train_state(self.parts.params, self.parts.model_state, self.optimizer(trainable),
+                        seed), parallel.replicated(parallel.data_mesh()))
+    state, phase = finetune.enter_phase(state, trainable, plan=self.plan,
+                                        group_patterns=self.parts.group_patterns,
+                                        train_graph=self.parts.train_graph,
+                                        optimizer=self.optimizer)
+    # The first epoch mixes whenever the config does (mixup.off_epoch is 0 or >= 1).
+    epoch_mixup = self.mixup if self.mixup.enabled else None
+    return (state, phase, *jit_steps(self.spec(phase, epoch_mixup)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run(Training):
+  """What stays fixed for the whole run: its `Training`, and the workdir's bookkeeping."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  is_main: bool
+  writer: object
+  checkpointer: Checkpointer
+  plateau: ReduceLROnPlateau | None
+  plateau_metric: str
+  early_stopping: EarlyStopping | None
+  stopping_metric: str
 
 
 @dataclasses.dataclass
@@ -172,50 +192,11 @@ def _set_up(config, workdir: Path, allow_config_change: bool) -> Run:
   training = build_training(config, workdir)
   plateau, plateau_metric = _plateau_from_config(config)
   early_stopping, stopping_metric = _early_stopping_from_config(config)
-  return Run(config=config, workdir=workdir, is_main=is_main,
+  return Run(**{f.name: getattr(training, f.name) for f in dataclasses.fields(Training)},
+             config=config, workdir=workdir, is_main=is_main,
              writer=tracking.create_writer(config, workdir, is_main_process=is_main),
-             checkpointer=checkpointer, dataset=training.dataset, parts=training.parts,
-             plan=training.plan, steps_per_epoch=training.steps_per_epoch,
-             optimizer=training.optimizer, spec=training.spec,
-             batch_sharding=training.batch_sharding, plateau=plateau,
-             plateau_metric=plateau_metric, early_stopping=early_stopping,
-             stopping_metric=stopping_metric, loss_info=training.loss_info, mixup=training.mixup,
-             train_batches=training.train_batches, eval_batches=training.eval_batches,
-             feature_cache=training.feature_cache,
-             feature_cache_reason=training.feature_cache_reason)
-
-
-@dataclasses.dataclass(frozen=True)
-class Training:
-  """What trains a config, whoever drives it: `fit`, or the learning-rate finder (`lr_find`)."""
-  dataset: data.Dataset
-  parts: RunParts
-  plan: finetune.FinetunePlan
-  steps_per_epoch: int
-  optimizer: Callable  # trainable groups -> the phase's optax transformation.
-  spec: Callable  # (Phase, the epoch's Mixup or None) -> its StepSpec.
-  batch_sharding: jax.sharding.Sharding
-  loss_info: dict
-  mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
-  train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
-  eval_batches: Callable[[str], Iterator]  # split name -> its padded device batches.
-  # Feature extraction on cached features (`feature_cache.from_config`), or None; why.
-  feature_cache: feature_cache.FeatureCache | None
-  feature_cache_reason: str
-
-  def first_phase(self, seed: int) -> tuple[object, finetune.Phase, Callable, Callable]:
-    """(step-0 train state, the plan's first phase, its jitted train and eval steps)."""
-    trainable = self.plan.trainable_at(0)
-    state = jax.device_put(
-        new_train_state(self.parts.params, self.parts.model_state, self.optimizer(trainable),
-                        seed), parallel.replicated(parallel.data_mesh()))
-    state, phase = finetune.enter_phase(state, trainable, plan=self.plan,
-                                        group_patterns=self.parts.group_patterns,
-                                        train_graph=self.parts.train_graph,
-                                        optimizer=self.optimizer)
-    # The first epoch mixes whenever the config does (mixup.off_epoch is 0 or >= 1).
-    epoch_mixup = self.mixup if self.mixup.enabled else None
-    return (state, phase, *jit_steps(self.spec(phase, epoch_mixup)))
+             checkpointer=checkpointer, plateau=plateau, plateau_metric=plateau_metric,
+             early_stopping=early_stopping, stopping_metric=stopping_metric)
 
 
 def build_training(config, workdir: Path,
