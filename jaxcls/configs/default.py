@@ -257,8 +257,9 @@ def get_config() -> ml_collections.ConfigDict:
   # of the image, so each split's are computed once (eval mode, kept in memory and in
   # WORKDIR/feature_cache/, keyed by the weights, preprocessing, model and split) and the head
   # trains on them: the same model, batches and checkpoints, without the backbone's forward
-  # pass per step. 'auto': whenever that holds (the log says which path and why); 'on': an
-  # error when it does not; 'off': never.
+  # pass per step; a gradual plan's first phase (the head alone) trains on them, the later
+  # ones, with the backbone open, take the full step. 'auto': whenever that holds (the log
+  # says which path and why); 'on': an error when it does not; 'off': never.
   finetune.cache_features = 'auto'
 
   # --------------------------------------------------------------- tasks ---

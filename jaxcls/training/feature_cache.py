@@ -87,18 +87,29 @@ def from_config(config, workdir: Path, dataset: data.Dataset, parts: RunParts,
     why = '; '.join(reasons)
     logging.info('feature cache: off, the full forward pass every step (%s)', why)
     return None, why
-  why = ('feature extraction without random augmentation or mixing: the frozen backbone\'s '
-         'features are a pure function of the image')
+  why = ('the head trains alone, without random augmentation or mixing: the frozen '
+         'backbone\'s features are a pure function of the image')
+  opens = next((epoch for epoch, trainable in plan.phases if not head_only(trainable)), None)
   logging.info('feature cache: on, each split\'s features computed once (%s), the head trains '
-               'on them (%s)', workdir / DIRECTORY, why)
+               'on them %s(%s)', workdir / DIRECTORY,
+               '' if opens is None else f'for the first {opens} epoch(s), then the full '
+               'forward pass ',
+               why)
   return FeatureCache(config, workdir, dataset, parts, batch_sharding), why
+
+
+def head_only(trainable_groups) -> bool:
+  """Whether a phase training `trainable_groups` trains the head alone: the phases that can
+  train on cached features (all of feature extraction; a gradual plan's first)."""
+  return tuple(trainable_groups) == (finetune.HEAD,)
 
 
 def _config_reasons(config, plan: finetune.FinetunePlan, mixup_enabled: bool) -> list[str]:
   """Why the config's training needs the backbone's forward pass at every step (empty: none)."""
   reasons = []
-  if any(trainable != (finetune.HEAD,) for _, trainable in plan.phases):
-    reasons.append(f'finetune.strategy={config.finetune.strategy!r} trains more than the head')
+  if not head_only(plan.trainable_at(0)):
+    reasons.append(f'finetune.strategy={config.finetune.strategy!r} trains more than the head '
+                   'from the start')
   augment = config.data.augment
   if device_augment.enabled(augment):
     reasons.append('on-device augmentation (data.augment) changes the images at every step')

@@ -112,11 +112,18 @@ class Training:
   batch_sharding: jax.sharding.Sharding
   loss_info: dict
   mixup: Mixup  # As configured; the steps of an epoch from mixup.off_epoch on mix nothing.
-  train_batches: Callable[[int, int], Iterator]  # (epoch, first step in it) -> device batches.
-  eval_batches: Callable[[str], Iterator]  # split name -> its padded device batches.
-  # Feature extraction on cached features (`feature_cache.from_config`), or None; why.
+  # (epoch, first step in it, cached) -> device batches of images, or of cached features.
+  train_batches: Callable[[int, int, bool], Iterator]
+  eval_batches: Callable[[str, bool], Iterator]  # (split name, cached) -> its padded batches.
+  # The backbone's cached features for the phases that train the head alone
+  # (`feature_cache.from_config`), or None; why.
   feature_cache: feature_cache.FeatureCache | None
   feature_cache_reason: str
+
+  def cached(self, phase: finetune.Phase) -> bool:
+    """Whether `phase` trains the head on cached features (it trains the head alone); a
+    gradual plan's later phases, with the backbone open, take the full step."""
+    return self.feature_cache is not None and feature_cache.head_only(phase.trainable.groups)
 
   def first_phase(self, seed: int) -> tuple[object, finetune.Phase, Callable, Callable]:
     """(step-0 train state, the plan's first phase, its jitted train and eval steps)."""
@@ -130,7 +137,7 @@ class Training:
                                         optimizer=self.optimizer)
     # The first epoch mixes whenever the config does (mixup.off_epoch is 0 or >= 1).
     epoch_mixup = self.mixup if self.mixup.enabled else None
-    return (state, phase, *jit_steps(self.spec(phase, epoch_mixup)))
+    return (state, phase, *jit_steps(self.spec(phase, epoch_mixup, self.cached(phase))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +233,7 @@ def build_training(config, workdir: Path,
                                                   mixup.enabled, batch_sharding)
   return Training(dataset=dataset, parts=parts, plan=plan, steps_per_epoch=steps_per_epoch,
                   optimizer=optimizer,
-                  spec=_step_spec_factory(config, parts, loss_fn, mixup,
-                                          on_features=cache is not None),
+                  spec=_step_spec_factory(config, parts, loss_fn, mixup),
                   batch_sharding=batch_sharding, loss_info=loss_info, mixup=mixup,
                   train_batches=_train_batches_factory(config, dataset, batch_sharding, cache),
                   eval_batches=_eval_batches_factory(config, dataset, batch_sharding, cache),
@@ -282,9 +288,8 @@ def _log_model(config, parts: RunParts, workdir: Path) -> None:
   logging.debug('parameters of %s:\n%s', config.model.name, table)
 
 
-def _step_spec_factory(config, parts: RunParts, loss_fn, mixup, *,
-                       on_features: bool = False) -> Callable:
-  """(Phase, Mixup or None) -> the StepSpec of its jitted steps; `on_features`: the head-only
+def _step_spec_factory(config, parts: RunParts, loss_fn, mixup) -> Callable:
+  """(Phase, Mixup or None, cached) -> the StepSpec of its jitted steps; cached: the head-only
   steps on cached features (`feature_cache`).
 
   The train metrics are named for mixing whenever the config mixes, also in the
@@ -297,22 +302,28 @@ def _step_spec_factory(config, parts: RunParts, loss_fn, mixup, *,
     weights = tuple(config.tasks.loss_weights) or (1.0,) * len(tasks.names)
   metrics_cls = eval_metrics_class(len(parts.class_names), tasks)
   train_metrics_cls = train_metrics_class(tasks, mixing=mixup.enabled)
-  return lambda phase, epoch_mixup: StepSpec(
+  return lambda phase, epoch_mixup, cached: StepSpec(
       train_graph=phase.graphdef, eval_graph=parts.eval_graph, tx=phase.tx,
       metrics_cls=metrics_cls, mean=config.data.mean, std=config.data.std,
       dtype=config.model.dtype, loss_fn=loss_fn, augment=config.data.augment, mixup=epoch_mixup,
       trainable=phase.trainable, task_loss_weights=weights, train_metrics_cls=train_metrics_cls,
       grad_accum_steps=config.train.grad_accum_steps, ema_decay=config.train.ema_decay,
-      ema_warmup=config.train.ema_warmup, on_features=on_features)
+      ema_warmup=config.train.ema_warmup, on_features=cached)
 
 
 def _train_batches_factory(config, dataset, batch_sharding,
                            cache: feature_cache.FeatureCache | None
-                           ) -> Callable[[int, int], Iterator]:
+                           ) -> Callable[[int, int, bool], Iterator]:
+  images = _image_batches_factory(config, dataset, batch_sharding)
+  if cache is None:
+    return lambda epoch, start, cached=False: images(epoch, start)
+  return lambda epoch, start, cached: (parallel.prefetch_to_device(
+      cache.train_batches(epoch, start), batch_sharding, config.data.prefetch) if cached
+      else images(epoch, start))
+
+
+def _image_batches_factory(config, dataset, batch_sharding) -> Callable[[int, int], Iterator]:
   batch_size = config.train.batch_size
-  if cache is not None:
-    return lambda epoch, start: parallel.prefetch_to_device(
-        cache.train_batches(epoch, start), batch_sharding, config.data.prefetch)
   if config.data.on_device:
     device_set = DeviceTrainSet(dataset.train, config.data, batch_sharding, seed=config.seed)
     return lambda epoch, start: device_set.batches(global_batch_size=batch_size, epoch=epoch,
@@ -325,16 +336,21 @@ def _train_batches_factory(config, dataset, batch_sharding,
 
 
 def _eval_batches_factory(config, dataset, batch_sharding,
-                          cache: feature_cache.FeatureCache | None) -> Callable[[str], Iterator]:
-  """split name -> its padded batches on the devices (of images, or of cached features)."""
-  if cache is not None:
-    return lambda split: parallel.prefetch_to_device(cache.eval_batches(split), batch_sharding,
-                                                     config.data.prefetch)
-  return lambda split: parallel.prefetch_to_device(data.eval_batches(
-      getattr(dataset, split), config.data,
-      global_batch_size=config.train.eval_batch_size or config.train.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count()),
-      batch_sharding, config.data.prefetch)
+                          cache: feature_cache.FeatureCache | None
+                          ) -> Callable[[str, bool], Iterator]:
+  """(split name, cached) -> its padded batches on the devices: of cached features, or of
+  images."""
+  def batches(split: str, cached: bool = False) -> Iterator:
+    if cached:
+      host = cache.eval_batches(split)
+    else:
+      host = data.eval_batches(
+          getattr(dataset, split), config.data,
+          global_batch_size=config.train.eval_batch_size or config.train.batch_size,
+          process_index=jax.process_index(), process_count=jax.process_count())
+    return parallel.prefetch_to_device(host, batch_sharding, config.data.prefetch)
+
+  return batches
 
 
 def _start(run: Run) -> Loop:
@@ -376,14 +392,14 @@ def _start(run: Run) -> Loop:
   step = int(state.step)
   start_epoch, start_in_epoch = divmod(step, run.steps_per_epoch)
   epoch_mixup = mixing.mixup_at_epoch(run.mixup, config.mixup, start_epoch)
-  train_fn, eval_fn = jit_steps(run.spec(phase, epoch_mixup))
+  train_fn, eval_fn = jit_steps(run.spec(phase, epoch_mixup, run.cached(phase)))
   stopped_early_at_epoch = None
   if stopping_state is not None and stopping_state.should_stop:  # A rerun of a stopped run.
     stopped_early_at_epoch, start_epoch = start_epoch, config.train.num_epochs
   preview_path = run.workdir / FIRST_BATCH_PNG
   preview_fn = (jit_preview(augment_config=config.data.augment, mixup=epoch_mixup)
                 if run.is_main and jax.process_count() == 1 and not preview_path.exists()
-                and run.feature_cache is None else None)  # Cached features: no images to show.
+                and not run.cached(phase) else None)  # Cached features: no images to show.
   return Loop(state=state, phase=phase, mixup=epoch_mixup, train_fn=train_fn, eval_fn=eval_fn,
               history=history, plateau_state=plateau_state, stopping_state=stopping_state, step=step,
               start_epoch=start_epoch, start_in_epoch=start_in_epoch,
@@ -412,6 +428,7 @@ def _enter_epoch(run: Run, loop: Loop, epoch: int) -> None:
   epoch_mixup = mixing.mixup_at_epoch(run.mixup, run.config.mixup, epoch)
   if trainable == loop.phase.trainable.groups and epoch_mixup == loop.mixup:
     return
+  was_cached = run.cached(loop.phase)
   if trainable != loop.phase.trainable.groups:
     logging.info('epoch %d: training %s (frozen: %s)', epoch + 1, ', '.join(trainable),
                  ', '.join(run.plan.frozen_at(epoch)) or 'none')
@@ -422,7 +439,11 @@ def _enter_epoch(run: Run, loop: Loop, epoch: int) -> None:
     logging.info('epoch %d: Mixup/CutMix off from here on (mixup.off_epoch=%d)', epoch + 1,
                  run.config.mixup.off_epoch)
     loop.mixup = epoch_mixup
-  loop.train_fn, loop.eval_fn = jit_steps(run.spec(loop.phase, loop.mixup))
+  cached = run.cached(loop.phase)
+  if cached != was_cached:
+    logging.info('epoch %d: the backbone opens: the full forward pass from here on, not '
+                 'the cached features', epoch + 1)
+  loop.train_fn, loop.eval_fn = jit_steps(run.spec(loop.phase, loop.mixup, cached))
 
 
 def _train_epoch(run: Run, loop: Loop, epoch: int, guard: PreemptionGuard):
@@ -433,7 +454,8 @@ def _train_epoch(run: Run, loop: Loop, epoch: int, guard: PreemptionGuard):
   earlier, loop.partial_epoch_metrics = loop.partial_epoch_metrics, None
   loop.epoch_first_step = epoch * run.steps_per_epoch if earlier else loop.step
   epoch_metrics = interval_metrics = None
-  for batch in run.train_batches(epoch, loop.start_in_epoch if epoch == loop.start_epoch else 0):
+  for batch in run.train_batches(epoch, loop.start_in_epoch if epoch == loop.start_epoch else 0,
+                                 run.cached(loop.phase)):
     if loop.preview_fn is not None:  # Before the step, which donates the state's buffers.
       write_first_batch(loop.preview_fn(loop.state.rng, loop.state.step, batch['image']),
                         run.workdir / FIRST_BATCH_PNG, run.writer, loop.step)
@@ -544,10 +566,11 @@ def _validate(run: Run, loop: Loop) -> tuple[dict[str, float], dict]:
   by checkpoint.best_metric and best_mode), which its checkpoint then stands for.
   """
   config = run.config
-  raw = evaluate(loop.eval_fn, loop.state, run.eval_batches('val'))
+  cached = run.cached(loop.phase)
+  raw = evaluate(loop.eval_fn, loop.state, run.eval_batches('val', cached))
   if loop.state.ema is None:
     return raw, {}
-  ema = evaluate(loop.eval_fn, ema_view(loop.state), run.eval_batches('val'))
+  ema = evaluate(loop.eval_fn, ema_view(loop.state), run.eval_batches('val', cached))
   weights = config.train.ema_select
   if weights == 'better':
     metric, higher = config.checkpoint.best_metric, config.checkpoint.best_mode == 'max'
@@ -598,7 +621,7 @@ def _test_best_checkpoint(run: Run, loop: Loop) -> tuple[dict[str, float], int]:
       best_step, loop.state.params, loop.state.model_state,
       ema=checkpoint_weights(run.checkpointer.restore_meta(best_step)) == 'ema')
   test_metrics = evaluate(loop.eval_fn, loop.state.replace(params=params, model_state=model_state),
-                          run.eval_batches('test'))
+                          run.eval_batches('test', run.cached(loop.phase)))
   return test_metrics, best_step
 
 

@@ -149,7 +149,7 @@ def range_test(config: ml_collections.ConfigDict, workdir, *, start_lr: float = 
   rates, losses, stopped = [], [], f'reached end_lr={end_lr:g} without diverging'
   diverged, best = True, math.inf
   batches = itertools.chain.from_iterable(
-      training.train_batches(epoch, 0) for epoch in itertools.count())
+      training.train_batches(epoch, 0, training.cached(phase)) for epoch in itertools.count())
   for step, batch in zip(range(num_steps), batches):
     state, step_metrics = train_fn(state, batch)
     computed = jax.device_get(step_metrics.compute())
