@@ -213,10 +213,14 @@ class Mixup:
 SCHEDULE_FIELDS = ('off_epoch',)
 
 
+def _mixup_fields(mixup_config) -> dict:
+  """`config.mixup` less the loop's SCHEDULE_FIELDS: Mixup's own arguments."""
+  return {k: v for k, v in mixup_config.to_dict().items() if k not in SCHEDULE_FIELDS}
+
+
 def from_config(mixup_config) -> Mixup:
   """`config.mixup`'s Mixup, without label smoothing (the loss smooths, once)."""
-  fields = {k: v for k, v in mixup_config.to_dict().items() if k not in SCHEDULE_FIELDS}
-  return Mixup(label_smoothing=0.0, **fields)
+  return Mixup(label_smoothing=0.0, **_mixup_fields(mixup_config))
 
 
 def mixup_at_epoch(mixup: Mixup, mixup_config, epoch: int) -> Mixup | None:
@@ -230,8 +234,7 @@ def mixup_at_epoch(mixup: Mixup, mixup_config, epoch: int) -> Mixup | None:
 def config_errors(mixup_config) -> list[str]:
   """What is wrong with `config.mixup` (Mixup's own rules; the loss holds the smoothing)."""
   p = ConfigProblems('mixup', mixup_config)
-  fields = {k: v for k, v in mixup_config.to_dict().items() if k not in SCHEDULE_FIELDS}
-  for field, why in field_problems(fields):
+  for field, why in field_problems(_mixup_fields(mixup_config)):
     p.report(field, why)
   p.check(mixup_config.off_epoch >= 0, 'off_epoch', 'must be >= 0 (0: mix in every epoch)')
   return p

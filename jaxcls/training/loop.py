@@ -567,10 +567,11 @@ def _validate(run: Run, loop: Loop) -> tuple[dict[str, float], dict]:
   """
   config = run.config
   cached = run.cached(loop.phase)
-  raw = evaluate(loop.eval_fn, loop.state, run.eval_batches('val', cached))
   if loop.state.ema is None:
-    return raw, {}
-  ema = evaluate(loop.eval_fn, ema_view(loop.state), run.eval_batches('val', cached))
+    return evaluate(loop.eval_fn, loop.state, run.eval_batches('val', cached)), {}
+  # One pass over the split: each batch is read (and decoded) once for both weights.
+  raw, ema = evaluate_each(loop.eval_fn, (loop.state, ema_view(loop.state)),
+                           run.eval_batches('val', cached))
   weights = config.train.ema_select
   if weights == 'better':
     metric, higher = config.checkpoint.best_metric, config.checkpoint.best_mode == 'max'
@@ -628,11 +629,17 @@ def _test_best_checkpoint(run: Run, loop: Loop) -> tuple[dict[str, float], int]:
 def evaluate(eval_fn, state, batches: Iterator) -> dict[str, float]:
   """Metrics of `state` on a whole split's device batches (`Run.eval_batches`), the padding
   of the last batch masked out."""
-  total = None
+  return evaluate_each(eval_fn, (state,), batches)[0]
+
+
+def evaluate_each(eval_fn, states, batches: Iterator) -> list[dict[str, float]]:
+  """`evaluate` of each of `states` in one pass over `batches`."""
+  totals = [None] * len(states)
   for batch in batches:
-    batch_metrics = eval_fn(state, batch)
-    total = batch_metrics if total is None else total.merge(batch_metrics)
-  return {k: float(v) for k, v in total.compute().items()}
+    for i, state in enumerate(states):
+      batch_metrics = eval_fn(state, batch)
+      totals[i] = batch_metrics if totals[i] is None else totals[i].merge(batch_metrics)
+  return [{k: float(v) for k, v in total.compute().items()} for total in totals]
 
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:

@@ -36,7 +36,8 @@ def write(run, loop, test_metrics: dict[str, float], best_step: int, *,
   tasks = parts.tasks
   results = dict(
       test=test_metrics, best_val=best_epoch['val'], best_epoch=best_epoch['epoch'],
-      best_step=best_step, weights=weights, history=loop.history, class_names=list(dataset.class_names),
+      best_step=best_step, weights=weights, history=loop.history,
+      class_names=list(dataset.class_names),
       stopped_early_at_epoch=loop.stopped_early_at_epoch,
       plateau=None if run.plateau is None else dict(metric=run.plateau_metric,
                                                     **loop.plateau_state.to_dict()),
