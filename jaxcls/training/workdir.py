@@ -43,7 +43,8 @@ NEWER_FIELDS = ('data.interpolation', 'data.missing_test', 'model.head_zero_init
                 'tracking.backends', 'tracking.run_name', 'tracking.mlflow_tracking_uri',
                 'tracking.mlflow_experiment', 'tracking.wandb_project', 'tracking.wandb_entity',
                 'optimizer.rmsprop_decay', 'optimizer.clip_grad_norm', 'optimizer.adaptive_clip',
-                'train.grad_accum_steps', 'mixup.off_epoch')
+                'train.grad_accum_steps', 'mixup.off_epoch', 'train.ema_decay',
+                'train.ema_warmup', 'train.ema_select')
 
 
 def _flatten(tree, prefix=''):
