@@ -4,6 +4,7 @@ import os
 import tempfile
 
 import pytest
+from absl import logging as absl_logging
 
 # One persistent XLA compilation cache for the session, both xdist workers and the
 # subprocesses they start (`python -m jaxcls.main` restarted four times by the kill/resume
@@ -34,6 +35,15 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'slow' in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _absl_verbosity():
+  """Each test starts with absl's logger as it found it: the CLIs quieten it for the whole process."""
+  logger = absl_logging.get_absl_logger()
+  level = logger.level
+  yield
+  logger.setLevel(level)
 
 
 @pytest.fixture
