@@ -37,13 +37,17 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+# absl's logger level when the session began (NOTSET: the root logger, which caplog sets, decides).
+_ABSL_LEVEL = absl_logging.get_absl_logger().level
+
+
 @pytest.fixture(autouse=True)
 def _absl_verbosity():
-  """Each test starts with absl's logger as it found it: the CLIs quieten it for the whole process."""
-  logger = absl_logging.get_absl_logger()
-  level = logger.level
+  """Each test starts with absl's logger as the session began: the CLIs quieten it for the
+  whole process, and a module-scoped fixture that runs one would otherwise hide every later
+  test's INFO logs from caplog."""
+  absl_logging.get_absl_logger().setLevel(_ABSL_LEVEL)
   yield
-  logger.setLevel(level)
 
 
 @pytest.fixture
