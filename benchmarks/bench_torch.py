@@ -120,6 +120,8 @@ def model_source(name):
     return 'timm' if _optional('timm') is not None else 'tests/torch_vit.py'
   if not name.startswith('cifar_') and _optional('torchvision') is not None:
     return 'torchvision'
+  if name.startswith('efficientnet_b'):  # timm's B0-B7 (jaxcls's efficientnet_b*: timm's).
+    return 'tests/torch_efficientnet.py'
   family = next((f for f in _REFERENCES if f in name), None)
   if family is None:
     raise ValueError(f'unknown model {name!r}')
@@ -138,6 +140,9 @@ def build_model(name, num_classes):
     sys.path.insert(0, str(TESTS))
   if source == 'tests/torch_vit.py':
     return importlib.import_module('torch_vit').timm_vit(name, num_classes=num_classes)
+  if source == 'tests/torch_efficientnet.py':
+    return importlib.import_module('torch_efficientnet').TimmEfficientNet(
+        name.replace('_', '-'), num_classes=num_classes)
   family = Path(source).stem.removeprefix('torch_')
   return getattr(importlib.import_module(f'torch_{family}'), family)(name, num_classes=num_classes)
 

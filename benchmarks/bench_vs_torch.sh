@@ -6,7 +6,11 @@
 #   bash benchmarks/bench_vs_torch.sh                                    # CPU: CIFAR ResNet-20, ResNet-18 at 32
 #   MODELS=resnet50 SIZES=224 DTYPES=bfloat16 BATCH=256 TORCH_COMPILE=on,off bash benchmarks/bench_vs_torch.sh   # GPU
 #
-# Environment: MODELS, SIZES, DTYPES, BATCH, ROUNDS (default 2), TORCH_COMPILE (default off on
+#   STEPS=2 REPEATS=2 MODELS=resnet18,resnet50,efficientnet_b0 SIZES=224 BATCH=16 CONV_LOWERINGS=auto \
+#     bash benchmarks/bench_vs_torch.sh                                  # CPU at 224px (README)
+#
+# Environment: MODELS, SIZES, DTYPES, BATCH, STEPS (default 5) and REPEATS (default 3) per
+# figure, ROUNDS (default 2), TORCH_COMPILE (default off on
 # CPU), CONV_LOWERINGS (jaxcls's model.conv_lowering values, default auto,xla), NUM_CLASSES
 # (default 1000), PYTHON, OUT (JSON folder, default a temporary one).
 set -euo pipefail
@@ -16,6 +20,8 @@ SIZES=${SIZES:-32}
 DTYPES=${DTYPES:-float32}
 BATCH=${BATCH:-128}
 ROUNDS=${ROUNDS:-2}
+STEPS=${STEPS:-5}
+REPEATS=${REPEATS:-3}
 TORCH_COMPILE=${TORCH_COMPILE:-off}
 CONV_LOWERINGS=${CONV_LOWERINGS:-auto,xla}
 NUM_CLASSES=${NUM_CLASSES:-1000}
@@ -23,7 +29,7 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 here=$(cd "$(dirname "$0")" && pwd)
 common=(--models="$MODELS" --image_sizes="$SIZES" --dtypes="$DTYPES" --batch_sizes="$BATCH"
-        --num_classes="$NUM_CLASSES" --steps=5 --repeats=3)
+        --num_classes="$NUM_CLASSES" --steps="$STEPS" --repeats="$REPEATS")
 for round in $(seq "$ROUNDS"); do
   $PYTHON "$here/bench_train_step.py" "${common[@]}" --devices=1 --conv_lowerings="$CONV_LOWERINGS" --json="$OUT/jax_$round.json" | tail -n +2
   $PYTHON "$here/bench_torch.py" "${common[@]}" --compile="$TORCH_COMPILE" \

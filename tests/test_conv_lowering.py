@@ -1,5 +1,7 @@
 """Convolutions on tiny maps lowered to a patch matmul: the same function, chosen where it pays."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +90,9 @@ def test_auto_patches_where_xla_cpu_is_slow(side, kernel, stride, channels, patc
     (8, 7, 1, ((3, 3), (3, 3))),   # ConvNeXt's block.
     (9, 3, 2, 'SAME'),             # EfficientNet's strided 3x3, TensorFlow's padding.
     (6, 5, 2, ((2, 2), (2, 2))),   # MobileNet-style 5x5/2, torchvision's padding.
+    (8, 3, 2, ((1, 1), (1, 1))),   # The last input row falls outside every window.
+    (7, 5, 2, ((2, 2), (2, 2))),   # Odd input, strided.
+    (5, 3, 1, ((0, 2), (1, 0))),   # Lopsided padding.
 ])
 def test_depthwise_shifted_sum_is_the_convolution_and_its_gradients(side, kernel, stride,
                                                                     padding):
@@ -149,3 +154,23 @@ def test_unknown_lowering_is_an_error_naming_it(config):
   config.model.conv_lowering = 'im2col'
   with pytest.raises(ConfigError, match=r"config.model.conv_lowering='im2col'"):
     validate(config)
+
+
+def _ynn_convolutions(compiled_text: str) -> int:
+  """How many of XLA:CPU's YNNPACK fusions in an optimised HLO module hold a convolution."""
+  bodies = dict(re.findall(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', compiled_text, re.S | re.M))
+  called = re.findall(r'calls=%?([\w.\-]+)[^\n]*__ynn_fusion', compiled_text)
+  return sum('convolution(' in bodies.get(name, '') for name in called)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU compiler options')
+def test_the_steps_keep_convolution_gradients_out_of_ynnpack():
+  # ResNet-18's first stage at 224px: large enough for XLA to hand it to YNNPACK by default.
+  x, w = jnp.zeros((16, 56, 56, 64)), jnp.zeros((3, 3, 64, 64))
+  grad = jax.grad(lambda x, w: jnp.sum(lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=NHWC) ** 2), argnums=(0, 1))
+  default = jax.jit(grad).lower(x, w).compile().as_text()
+  ours = jax.jit(grad, compiler_options=conv.compiler_options()).lower(x, w).compile().as_text()
+  assert conv.compiler_options() == conv.CPU_COMPILER_OPTIONS
+  assert _ynn_convolutions(default) > 0  # XLA's default: YNNPACK's slower weight gradient.
+  assert _ynn_convolutions(ours) == 0

@@ -22,6 +22,7 @@ times both lowerings per convolution against PyTorch; `python benchmarks/bench_t
 --conv_lowerings=auto,xla` times whole steps side by side.
 """
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -30,6 +31,16 @@ from flax import nnx
 from jax import lax
 
 LOWERINGS = ('auto', 'xla')
+
+# XLA:CPU (jax 0.10) hands large convolutions, dots, reductions and elementwise fusions
+# to YNNPACK. Its convolutions' weight gradients run 2-3x slower than XLA's own Eigen
+# kernels (ResNet-18 at 224px, batch 16, forward and backward: its stem 856 ms against
+# 403, all its distinct convolutions 2.1x torch's time against 1.0x), and its elementwise
+# fusions slow the depthwise shifted sums; its dots and reductions win. The train and eval
+# steps (`steps.jit_steps`) keep YNNPACK to those two (README, Performance: the whole step
+# before and after; `python benchmarks/bench_convs.py --image_size=224` per convolution).
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ','.join(
+    f'LIBRARY_FUSION_TYPE_{kind}' for kind in ('INDIVIDUAL_DOT', 'DOT', 'REDUCE'))}
 
 # Output positions (Ho * Wo) at or below which 'auto' lowers any convolution to
 # patches: a 2x2 map. At 4x4 the two are even (stride 1) and at 8x8 XLA's
@@ -40,6 +51,21 @@ MAX_PATCH_POSITIONS = 4
 # the matmul's (ResNet-50's 3x3/2 at 56x56: 567 ms against 341 ms forward and
 # backward, batch 32). The 3-channel stems stay with XLA, where patches lose.
 MIN_STRIDED_PATCH_CHANNELS = 16
+
+
+def compiler_options() -> dict[str, str] | None:
+  """`jax.jit(compiler_options=...)` for the train and eval steps: `CPU_COMPILER_OPTIONS` on
+  a CPU backend whose XLA knows them, else None (XLA's defaults)."""
+  return _known_cpu_options() if jax.default_backend() == 'cpu' else None
+
+
+@functools.cache
+def _known_cpu_options() -> dict[str, str] | None:
+  try:  # An XLA that no longer has the option refuses the program: keep its defaults.
+    jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(0.0).compile()
+  except jax.errors.JaxRuntimeError:
+    return None
+  return CPU_COMPILER_OPTIONS
 
 
 def _use_patches(kernel: Sequence[int], strides: Sequence[int], in_channels: int,
@@ -98,12 +124,23 @@ def depthwise_as_shifted_sum(lhs: jax.Array, rhs: jax.Array, strides: Sequence[i
   wins back. Products accumulate in float32 (a bfloat16 sum of 49 taps
   would lose digits); the result comes back in the input's dtype unless
   `preferred_element_type` says otherwise.
+
+  The gradients are written out too (`_depthwise_bwd`): autodiff of the scan
+  would keep every tap's slice for the kernel's gradient, a [taps, N, H, W, C]
+  buffer (25 activations for a 5x5) filled and read once per step, which took
+  a third of EfficientNet-B0's train step at 224px.
   """
-  kh, kw, _, channels = rhs.shape
-  (sh, sw), n = strides, lhs.shape[0]
-  x, out_h, out_w = _padded_and_output_size(lhs, (kh, kw), strides, pads)
+  out_dtype = preferred_element_type or lhs.dtype
+  return _depthwise(lhs, rhs, tuple(strides), tuple(tuple(p) for p in pads)).astype(out_dtype)
+
+
+def _shifted_sum(x: jax.Array, weights: jax.Array, kernel: tuple[int, int],
+                 strides: tuple[int, int], out_hw: tuple[int, int]) -> jax.Array:
+  """sum over taps t of x[:, i_t::sh, j_t::sw][:out_h, :out_w] * weights[t] (x already padded),
+  in float32."""
+  (kh, kw), (sh, sw), (out_h, out_w) = kernel, strides, out_hw
+  n, channels = x.shape[0], x.shape[3]
   span = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
-  weights = rhs.reshape(kh * kw, channels).astype(jnp.float32)
 
   def add_tap(total, tap_index):
     i, j = tap_index // kw, tap_index % kw
@@ -112,7 +149,49 @@ def depthwise_as_shifted_sum(lhs: jax.Array, rhs: jax.Array, strides: Sequence[i
 
   total, _ = lax.scan(add_tap, jnp.zeros((n, out_h, out_w, channels), jnp.float32),
                       jnp.arange(kh * kw))
-  return total.astype(preferred_element_type or lhs.dtype)
+  return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(lhs, rhs, strides, pads):
+  kh, kw, _, channels = rhs.shape
+  x, out_h, out_w = _padded_and_output_size(lhs, (kh, kw), strides, pads)
+  weights = rhs.reshape(kh * kw, channels).astype(jnp.float32)
+  return _shifted_sum(x, weights, (kh, kw), strides, (out_h, out_w))
+
+
+def _depthwise_fwd(lhs, rhs, strides, pads):
+  return _depthwise(lhs, rhs, strides, pads), (lhs, rhs)
+
+
+def _depthwise_bwd(strides, pads, residuals, g):
+  """The input's gradient is the same shifted sum over the (stride-dilated, re-padded)
+  output gradient with the kernel flipped; the kernel's is one reduction per tap."""
+  lhs, rhs = residuals
+  kh, kw, _, channels = rhs.shape
+  (sh, sw), ((top, _), (left, _)) = strides, pads
+  n, height, width, _ = lhs.shape
+  out_h, out_w = g.shape[1:3]
+  x, _, _ = _padded_and_output_size(lhs, (kh, kw), strides, pads)
+  span = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
+
+  def tap_gradient(_, tap_index):
+    tap = lax.dynamic_slice(x, (0, tap_index // kw, tap_index % kw, 0), span)[:, ::sh, ::sw]
+    return None, jnp.sum(tap.astype(jnp.float32) * g, axis=(0, 1, 2))
+
+  _, rhs_grad = lax.scan(tap_gradient, None, jnp.arange(kh * kw))
+  # Input row r gets g[o] * w[r + top - o * sh]: dilate g by the stride, pad it so that
+  # each of the flipped kernel's taps is a plain stride-1 slice, and sum.
+  lo_h, lo_w = kh - 1 - top, kw - 1 - left
+  dilated = lax.pad(g, jnp.array(0, g.dtype),
+                    ((0, 0, 0), (lo_h, height + kh - 1 - lo_h - ((out_h - 1) * sh + 1), sh - 1),
+                     (lo_w, width + kw - 1 - lo_w - ((out_w - 1) * sw + 1), sw - 1), (0, 0, 0)))
+  flipped = rhs[::-1, ::-1].reshape(kh * kw, channels).astype(jnp.float32)
+  lhs_grad = _shifted_sum(dilated, flipped, (kh, kw), (1, 1), (height, width))
+  return lhs_grad.astype(lhs.dtype), rhs_grad.reshape(rhs.shape).astype(rhs.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def auto_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,

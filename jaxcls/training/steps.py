@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxcls.data import device_augment
 from jaxcls.data.mixing import MixParams, Mixup, mix_images, mix_targets
+from jaxcls.models.conv import compiler_options
 from jaxcls.models.heads import get_submodule
 from jaxcls.training import losses, optim
 from jaxcls.training.finetune import Trainable
@@ -450,8 +451,10 @@ def jit_steps(spec: StepSpec) -> tuple[Callable, Callable]:
   """(train step, eval step) of `spec`, jitted; the train state's buffers are donated."""
   train_fn, eval_fn = ((head_train_step, head_eval_step) if spec.on_features
                        else (train_step, eval_step))
-  train = jax.jit(lambda state, batch: train_fn(state, batch, spec), donate_argnums=0)
-  evaluate = jax.jit(lambda state, batch: eval_fn(state, batch, spec))
+  options = compiler_options()  # XLA:CPU's faster convolution gradients (models/conv.py).
+  train = jax.jit(lambda state, batch: train_fn(state, batch, spec), donate_argnums=0,
+                  compiler_options=options)
+  evaluate = jax.jit(lambda state, batch: eval_fn(state, batch, spec), compiler_options=options)
   return train, evaluate
 
 
