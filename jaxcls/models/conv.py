@@ -134,6 +134,13 @@ def depthwise_as_shifted_sum(lhs: jax.Array, rhs: jax.Array, strides: Sequence[i
   return _depthwise(lhs, rhs, tuple(strides), tuple(tuple(p) for p in pads)).astype(out_dtype)
 
 
+def _tap(x: jax.Array, tap_index: jax.Array, kw: int, strides: tuple[int, int],
+         span: tuple[int, ...]) -> jax.Array:
+  """Tap `tap_index` (row-major over the kernel) of padded `x`: the strided window it sees."""
+  window = lax.dynamic_slice(x, (0, tap_index // kw, tap_index % kw, 0), span)
+  return window[:, ::strides[0], ::strides[1]]
+
+
 def _shifted_sum(x: jax.Array, weights: jax.Array, kernel: tuple[int, int],
                  strides: tuple[int, int], out_hw: tuple[int, int]) -> jax.Array:
   """sum over taps t of x[:, i_t::sh, j_t::sw][:out_h, :out_w] * weights[t] (x already padded),
@@ -143,8 +150,7 @@ def _shifted_sum(x: jax.Array, weights: jax.Array, kernel: tuple[int, int],
   span = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
 
   def add_tap(total, tap_index):
-    i, j = tap_index // kw, tap_index % kw
-    tap = lax.dynamic_slice(x, (0, i, j, 0), span)[:, ::sh, ::sw]
+    tap = _tap(x, tap_index, kw, strides, span)
     return total + tap.astype(jnp.float32) * weights[tap_index], None
 
   total, _ = lax.scan(add_tap, jnp.zeros((n, out_h, out_w, channels), jnp.float32),
@@ -176,7 +182,7 @@ def _depthwise_bwd(strides, pads, residuals, g):
   span = (n, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, channels)
 
   def tap_gradient(_, tap_index):
-    tap = lax.dynamic_slice(x, (0, tap_index // kw, tap_index % kw, 0), span)[:, ::sh, ::sw]
+    tap = _tap(x, tap_index, kw, strides, span)
     return None, jnp.sum(tap.astype(jnp.float32) * g, axis=(0, 1, 2))
 
   _, rhs_grad = lax.scan(tap_gradient, None, jnp.arange(kh * kw))
