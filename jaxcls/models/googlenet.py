@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcls.models.efficientnet import dropout_rngs_for
+from jaxcls.models.batchnorm import BatchNorm
 from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 from jaxcls.models.vgg import adaptive_avg_pool
@@ -91,7 +92,7 @@ class BasicConv2d(nnx.Module):
                          padding=((padding, padding), (padding, padding)), use_bias=False,
                          kernel_init=_weight_init, dtype=dtype, rngs=rngs)
     # momentum 0.9 == PyTorch's momentum 0.1 (Flax weights the old average).
-    self.bn = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-3, dtype=dtype, rngs=rngs)
+    self.bn = BatchNorm(out_ch, momentum=0.9, epsilon=1e-3, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     return nnx.relu(self.bn(self.conv(x)))

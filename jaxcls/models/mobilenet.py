@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcls.models.batchnorm import BatchNorm
 from jaxcls.models.efficientnet import (ConvStack, conv, conv_norm_act, dropout_rngs_for,
                                         make_divisible)
 from jaxcls.models.interface import Classifier, StageSplit, mean_pool
@@ -43,7 +44,7 @@ class InvertedResidual(nnx.Module):
         conv_norm_act(hidden, hidden, 3, stride, groups=hidden, activation='relu6', dtype=dtype,
                       rngs=rngs, **_NORM),
         conv(hidden, out_ch, 1, padding='symmetric', dtype=dtype, rngs=rngs),
-        nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs),
+        BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs),
     ]
     self.conv = nnx.Sequential(*layers)
     self.use_residual = stride == 1 and in_ch == out_ch

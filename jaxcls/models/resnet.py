@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcls.models.batchnorm import BatchNorm
 from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
@@ -32,7 +33,7 @@ def _conv(in_ch, out_ch, kernel, stride, *, dtype, rngs):
 
 def _batch_norm(ch, *, dtype, rngs, zero_scale=False):
   # momentum 0.9 == PyTorch's momentum 0.1 (Flax weights the old average).
-  return nnx.BatchNorm(
+  return BatchNorm(
       ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
       scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones)
 

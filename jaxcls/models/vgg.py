@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcls.models.batchnorm import BatchNorm
 from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 
@@ -174,7 +175,7 @@ class VGG(Classifier):
                              dtype=dtype, rngs=rngs))
       if batch_norm:
         # momentum 0.9 == PyTorch's momentum 0.1 (Flax weights the old average).
-        layers.append(nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs))
+        layers.append(BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs))
       layers.append(ReLU())
       in_ch = out_ch
     self.block_layers = tuple(tuple(indices) for indices in block_layers if indices)
