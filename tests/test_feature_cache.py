@@ -81,8 +81,17 @@ def test_gradual_unfreezing_trains_on_features_until_the_backbone_opens(tmp_path
   assert 'epoch 2: the backbone opens' in caplog.text
   _assert_same_run(cached, full, epochs=1)  # The cached epoch: as tight as feature extraction.
   # The features computed apart differ from the step's own in the last float bits; once
-  # BatchNorm trains on the opened group they grow to ~2e-4 of the loss.
-  _assert_same_run(cached, full, rel=2e-3)
+  # BatchNorm trains on the opened group, SGD at 0.1 grows them to 6e-4 of the validation loss
+  # (2e-3 with jaxcls's BatchNorm gradient, the same function summed in another order) and can
+  # move an example across a top-5 boundary: losses within 1%, accuracies within an example.
+  assert cached['best_step'] == full['best_step'] and len(cached['history']) == 2
+  one = 1 / min(full['num_examples'].values())
+  for a, b in [(cached['test'], full['test'])] + [(x[name], y[name]) for x, y in zip(
+      cached['history'], full['history']) for name in ('train', 'val', 'val_raw', 'val_ema')]:
+    assert a.keys() == b.keys()
+    for metric in a:
+      assert a[metric] == (pytest.approx(b[metric], rel=1e-2) if 'loss' in metric
+                           else pytest.approx(b[metric], abs=one + 1e-6)), (metric, a, b)
   assert cached['test']['accuracy'] == full['test']['accuracy']
 
 

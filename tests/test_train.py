@@ -92,14 +92,26 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_run_dir):
   process.kill()
   process.wait()
   assert not (resumed / 'results.json').exists(), 'the run finished before it could be killed'
-  # 3. SIGTERM just after the next epoch's checkpoint appears (Orbax finishes it while the next
-  # epoch trains): checkpoint the current step, exit 143. An epoch of this run takes about a
-  # second, so a signal can still land on an epoch's last step, which checkpoints at the
-  # boundary; then the next start tries again, while epochs are left.
+  # 3. SIGTERM as the next epoch's checkpoint starts to be written (Orbax writes it while the
+  # next epoch trains): checkpoint the current step, exit 143. Waiting for the finished
+  # checkpoint instead let a loaded machine's signal land on the epoch's last step (an epoch
+  # of this run takes about a second), which checkpoints at the boundary; should that still
+  # happen, the next start tries again, while epochs are left.
+  def latest_started(since):  # A checkpoint counts from its temporary directory on.
+    steps = [0]
+    for path in checkpoints.iterdir() if checkpoints.is_dir() else ():
+      step = path.name.split('.')[0]
+      try:  # Orbax renames the temporary directory when it finishes.
+        if step.isdigit() and path.stat().st_mtime > since:
+          steps.append(int(step))
+      except FileNotFoundError:
+        pass
+    return max(steps)
+
   for delay in (0.1, 0.3, 0.0):
-    before = steps_on_disk()
+    before, started = max(steps_on_disk(), default=0), time.time()
     process = start()
-    assert _wait_for(lambda: steps_on_disk() != before, process)
+    assert _wait_for(lambda: latest_started(started) > before, process)
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
