@@ -97,8 +97,7 @@ def conv_norm_act(in_ch, out_ch, kernel, stride=1, *, groups=1, activation, padd
   """torchvision's Conv2dNormActivation: Sequential(conv, BatchNorm[, activation])."""
   layers = [conv(in_ch, out_ch, kernel, stride, groups=groups, padding=padding, dtype=dtype,
                  rngs=rngs),
-            BatchNorm(out_ch, momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype,
-                          rngs=rngs)]
+            BatchNorm(out_ch, momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype, rngs=rngs)]
   if activation is not None:
     layers.append(Activation(activation))
   return nnx.Sequential(*layers)

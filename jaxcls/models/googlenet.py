@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxcls.models.efficientnet import dropout_rngs_for
 from jaxcls.models.batchnorm import BatchNorm
+from jaxcls.models.efficientnet import dropout_rngs_for
 from jaxcls.models.interface import Classifier, StageSplit, mean_pool
 from jaxcls.models.registry import register
 from jaxcls.models.vgg import adaptive_avg_pool
